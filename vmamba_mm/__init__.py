@@ -1,0 +1,13 @@
+"""vmamba_mm: VMamba and Vim backbones for OpenMMLab on one selective-scan operator.
+
+``import vmamba_mm`` registers the models in the MODELS registries of mmdet,
+mmseg and mmpretrain (whichever are installed). ``vmamba_mm.ops`` needs only torch.
+"""
+from importlib.util import find_spec
+
+from . import ops  # noqa: F401
+
+__version__ = '0.1.0'
+
+if find_spec('mmengine') is not None:
+    from . import models  # noqa: F401,E402

@@ -1,0 +1,1 @@
+"""Backbones (registered in mmdet / mmseg / mmpretrain on import)."""

@@ -1,0 +1,70 @@
+"""Loud loading of official checkpoints into our backbones.
+
+The official releases wrap weights differently: classification checkpoints are
+``{'model': state_dict}``, detection / segmentation ones ``{'state_dict': ...}``
+with a ``backbone.`` prefix. :func:`load_pretrained` unwraps both, converts key
+names with a backbone-specific function, and then either loads or raises an error
+that names the offending keys. Missing and unexpected keys are always logged.
+"""
+import torch
+from mmengine.logging import MMLogger, print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+
+# Fewer matched parameter tensors than this fraction of the model's = wrong checkpoint.
+MIN_MATCHED_FRACTION = 0.5
+
+
+def read_state_dict(filename):
+    """Load a checkpoint file/URL and return its backbone state dict."""
+    try:
+        ckpt = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # corrupt file, not a torch pickle, ...
+        raise RuntimeError(f'cannot read checkpoint {filename!r}: {type(e).__name__}: {e}') from e
+    if not isinstance(ckpt, dict):
+        raise TypeError(f'checkpoint {filename!r} holds a {type(ckpt).__name__}, expected a dict')
+    for key in ('state_dict', 'model', 'module'):
+        if key in ckpt and isinstance(ckpt[key], dict):
+            ckpt = ckpt[key]
+            break
+    if any(k.startswith('backbone.') for k in ckpt):
+        ckpt = {k[len('backbone.'):]: v for k, v in ckpt.items() if k.startswith('backbone.')}
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+
+
+def load_pretrained(model, filename, convert=None, logger=None):
+    """Load ``filename`` into ``model`` after ``convert(state_dict, model)``.
+
+    Raises:
+        RuntimeError: if a matching key has a different shape, or fewer than
+            ``MIN_MATCHED_FRACTION`` of the model's tensors are found.
+    """
+    logger = logger or MMLogger.get_current_instance()
+    state = read_state_dict(filename)
+    if convert is not None:
+        state = convert(state, model)
+    own = model.state_dict()
+    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                  for k, v in state.items()
+                  if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    if mismatched:
+        raise RuntimeError(f'checkpoint {filename!r} does not fit {type(model).__name__}: '
+                           f'shape mismatch for {len(mismatched)} keys:\n  ' +
+                           '\n  '.join(mismatched[:20]))
+    matched = [k for k in state if k in own]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if len(matched) < MIN_MATCHED_FRACTION * len(own):
+        raise RuntimeError(
+            f'checkpoint {filename!r} does not fit {type(model).__name__}: only '
+            f'{len(matched)}/{len(own)} model tensors found in it. Missing e.g. '
+            f'{missing[:10]}; unexpected e.g. {unexpected[:10]}')
+    model.load_state_dict({k: state[k] for k in matched}, strict=False)
+    print_log(f'loaded {len(matched)}/{len(own)} tensors of {type(model).__name__} from '
+              f'{filename}', logger=logger)
+    if missing:
+        print_log(f'missing keys ({len(missing)}): {missing}', logger=logger, level=30)
+    if unexpected:
+        print_log(f'unexpected keys ({len(unexpected)}): {unexpected}', logger=logger, level=30)
+    return missing, unexpected
