@@ -29,7 +29,10 @@ PIP=("$VPY" -m pip --isolated --disable-pip-version-check)
 
 stamp=$VENV/.vmamba_mm_stamp
 want=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, vmamba_mm" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain" 2>/dev/null; then
+  # The environment may be shared by several checkouts: point the editable
+  # install at this one.
+  "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
   echo "[setup] environment up to date ($VENV)"
   exit 0
 fi

@@ -1,15 +1,92 @@
-"""VMamba cross-scan (4 directions) and cross-merge."""
+"""VMamba cross-scan (4 directions) and cross-merge, one public function each.
+
+Backends: 'reference' (naive.py, plain tensor ops), 'torch' (functions.py,
+autograd Functions pairing scan and merge as adjoints) and 'triton'
+(kernels.py). ``None`` picks the environment variable
+``VMAMBA_MM_SCAN_BACKEND`` if set (it also drives ``selective_scan``), else
+'triton' for CUDA tensors and 'torch' otherwise.
+"""
+import os
+
+import torch
+
 from .naive import cross_merge_naive, cross_scan_naive
+
+BACKENDS = ('reference', 'torch', 'triton')
+ENV_BACKEND = 'VMAMBA_MM_SCAN_BACKEND'
+
+
+def _pick_backend(fn, backend, t):
+    backend = backend or os.environ.get(ENV_BACKEND) or None
+    if backend is None:
+        return 'triton' if t.is_cuda else 'torch'
+    if backend not in BACKENDS:
+        raise ValueError(f'{fn}: unknown backend {backend!r}; choose one of {BACKENDS} '
+                         f'(argument `backend` or environment variable {ENV_BACKEND})')
+    return backend
+
+
+def _check_float(fn, name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f'{fn}: {name} must be a Tensor, got {type(t).__name__}')
+    if not t.is_floating_point():
+        raise TypeError(f'{fn}: {name} has dtype {t.dtype}; expected a floating dtype')
+
+
+def _triton(fn):
+    try:
+        from .kernels import CrossMergeTriton, CrossScanTriton
+    except ImportError as e:  # triton is optional: only this backend needs it
+        raise ImportError(f"{fn} backend 'triton' needs the triton package ({e}); "
+                          f"install triton or use backend='torch'") from e
+    return CrossScanTriton if fn == 'cross_scan' else CrossMergeTriton
 
 
 def cross_scan(x, backend=None):
-    """(B, C, H, W) -> (B, 4, C, H*W) in the orders row, column, row reversed, column reversed."""
-    return cross_scan_naive(x)
+    """Unfold a feature map into VMamba's four scan orders.
+
+    Args:
+        x (Tensor): (B, C, H, W).
+        backend (str, optional): 'reference', 'torch' or 'triton' (see module doc).
+
+    Returns:
+        Tensor: (B, 4, C, H * W), the orders row-major, column-major, row-major
+        reversed and column-major reversed.
+    """
+    _check_float('cross_scan', 'x', x)
+    if x.dim() != 4:
+        raise ValueError(f'cross_scan: x must be (B, C, H, W), got shape {tuple(x.shape)}')
+    backend = _pick_backend('cross_scan', backend, x)
+    if backend == 'reference':
+        return cross_scan_naive(x)
+    if backend == 'torch':
+        from .functions import CrossScan
+        return CrossScan.apply(x)
+    return _triton('cross_scan').apply(x)
 
 
 def cross_merge(ys, backend=None):
-    """(B, 4, C, H, W) -> (B, C, H, W): the inverse of each order, summed."""
-    return cross_merge_naive(ys)
+    """Fold the four scan orders back onto the map and sum them.
+
+    Args:
+        ys (Tensor): (B, 4, C, H, W); ``ys[:, k]`` is direction k's sequence
+            (in its scan order) viewed as (H, W).
+        backend (str, optional): 'reference', 'torch' or 'triton' (see module doc).
+
+    Returns:
+        Tensor: (B, C, H, W).
+    """
+    _check_float('cross_merge', 'ys', ys)
+    if ys.dim() != 5 or ys.shape[1] != 4:
+        raise ValueError(f'cross_merge: ys must be (B, 4, C, H, W) (K = 4 directions), '
+                         f'got shape {tuple(ys.shape)}')
+    backend = _pick_backend('cross_merge', backend, ys)
+    if backend == 'reference':
+        return cross_merge_naive(ys)
+    if backend == 'torch':
+        from .functions import CrossMerge
+        return CrossMerge.apply(ys)
+    return _triton('cross_merge').apply(ys)
 
 
-__all__ = ['cross_scan', 'cross_merge']
+__all__ = ['cross_scan', 'cross_merge', 'BACKENDS']

@@ -17,6 +17,8 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
     if u.dim() != 3:
         raise ValueError(f'selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}')
     batch, dim, L = u.shape
+    if L == 0:
+        raise ValueError(f'selective_scan: empty sequence, u has shape {tuple(u.shape)} (L must be >= 1)')
     if delta.shape != u.shape:
         raise ValueError(f'selective_scan: delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)}')
     if A.is_complex():
@@ -99,7 +101,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if backend == 'torch':
         from .chunked import selective_scan_chunked
         return selective_scan_chunked(*args)
-    from .kernels import selective_scan_triton
+    try:
+        from .kernels import selective_scan_triton
+    except ImportError as e:  # triton is optional: only this backend needs it
+        raise ImportError(f"selective_scan backend 'triton' needs the triton package ({e}); "
+                          f"install triton or use backend='torch'") from e
     return selective_scan_triton(*args)
 
 

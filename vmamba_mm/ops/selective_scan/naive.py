@@ -40,10 +40,12 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     C = C.repeat_interleave(dim // G, dim=1)
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = []
-    for t in range(L):
-        dA = torch.exp(delta[:, :, t, None] * A)
-        h = dA * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, :, :, t]
-        ys.append((h * C[:, :, :, t]).sum(-1))
+    # unbind (not indexing) per step keeps the backward linear in L.
+    steps = zip(delta.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1))
+    for delta_t, u_t, B_t, C_t in steps:
+        dA = torch.exp(delta_t[:, :, None] * A)
+        h = dA * h + (delta_t * u_t)[:, :, None] * B_t
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if L else u.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + D.to(acc)[:, None] * u

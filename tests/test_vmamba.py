@@ -1,0 +1,257 @@
+"""VMamba backbone: structure, numerics against a float64 reference, options, errors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vmamba_mm  # noqa: F401  (registers VMamba in the task registries)
+from vmamba_mm.models.vmamba import ARCH_SETTINGS, SS2D, VMamba
+
+# A reduced-depth model with the tiny widths' structure: fast enough for every test.
+SMALL_ARCH = dict(depths=(1, 1, 2, 1), dims=16, ssm_ratio=2.0, d_state=1)
+
+
+def _randomise(module, seed=0):
+    """Move every parameter off its (often trivial) initial value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if name.endswith('A_logs'):
+                p.copy_(0.5 * noise)
+            else:
+                p.add_(0.2 * noise)
+
+
+def _expected_hw(size, stage):
+    return math.ceil(size / 2 ** (stage + 2))
+
+
+# ----------------------------------------------------------------- numerics
+def ss2d_reference(op, x):
+    """Float64 SS2D written independently: explicit index orders, a per-step loop."""
+    B, _, H, W = x.shape
+    D, N, R, L = op.d_inner, op.d_state, op.dt_rank, H * W
+    u = torch.einsum('oc,bchw->bohw', op.in_proj.weight, x)
+    u = F.silu(F.conv2d(u, op.conv2d.weight, padding=1, groups=D)).flatten(2)  # (B, D, L)
+    grid = torch.arange(L).view(H, W)
+    orders = [grid.flatten(), grid.t().flatten(), grid.flatten().flip(0), grid.t().flatten().flip(0)]
+    A = -torch.exp(op.A_logs).view(4, D, N)
+    Ds = op.Ds.view(4, D)
+    y = x.new_zeros(B, D, L)
+    for k, order in enumerate(orders):
+        seq = u[:, :, order]
+        dt_low, Bk, Ck = torch.einsum('cd,bdl->bcl', op.x_proj_weight[k], seq).split([R, N, N], 1)
+        dt = F.softplus(torch.einsum('dr,brl->bdl', op.dt_projs_weight[k], dt_low)
+                        + op.dt_projs_bias[k][:, None])
+        h = x.new_zeros(B, D, N)
+        outs = []
+        for t in range(L):
+            h = (torch.exp(dt[:, :, t, None] * A[k]) * h
+                 + (dt[:, :, t] * seq[:, :, t])[:, :, None] * Bk[:, None, :, t])
+            outs.append((h * Ck[:, None, :, t]).sum(-1) + Ds[k] * seq[:, :, t])
+        y = y.index_add(2, order, torch.stack(outs, -1))
+    y = F.layer_norm(y.view(B, D, H, W).permute(0, 2, 3, 1), (D,), op.out_norm.weight,
+                     op.out_norm.bias, op.out_norm.eps).permute(0, 3, 1, 2)
+    return torch.einsum('od,bdhw->bohw', op.out_proj.weight, y)
+
+
+def test_ss2d_matches_float64_reference_forward_and_backward():
+    torch.manual_seed(0)
+    op = SS2D(dim=8, d_state=2, ssm_ratio=2.0).double()
+    _randomise(op)
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out = op(x)
+    ref = ss2d_reference(op, x_ref)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *op.parameters()], grad_out)
+    grads_ref = torch.autograd.grad(ref, [x_ref, *op.parameters()], grad_out)
+    names = ['input'] + [n for n, _ in op.named_parameters()]
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9, msg=f'gradient of {name}')
+
+
+def test_ss2d_init_follows_mamba():
+    op = SS2D(dim=32, d_state=4, ssm_ratio=1.0)
+    assert op.dt_rank == 2 and op.d_inner == 32
+    assert op.x_proj_weight.shape == (4, 2 + 2 * 4, 32)
+    torch.testing.assert_close(op.A_logs, torch.log(torch.arange(1, 5.)).expand(4 * 32, 4))
+    torch.testing.assert_close(op.Ds, torch.ones(4 * 32))
+    dt = F.softplus(op.dt_projs_bias)
+    assert dt.min() >= 1e-4 * 0.999 and dt.max() <= 0.1 * 1.001
+    assert op.dt_projs_weight.abs().max() <= 2 ** -0.5
+
+
+# ---------------------------------------------------------------- structure
+def test_parameter_counts_match_official():
+    dense = VMamba('tiny')
+    assert sum(p.numel() for p in dense.parameters()) == 29_481_408
+    # As a classifier: the last stage's norm + a 1000-way head (official VSSM).
+    last = VMamba('tiny', out_indices=(3,))
+    head = 768 * 1000 + 1000
+    assert sum(p.numel() for p in last.parameters()) + head == 30_249_064
+
+
+def test_mmpretrain_classifier_parameter_count():
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='VMamba', arch='tiny', out_indices=(3,)),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=1000, in_channels=768)))
+    assert sum(p.numel() for p in model.parameters()) == 30_249_064
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
+def test_named_archs_shapes_strides_channels(arch):
+    model = VMamba(arch, drop_path_rate=0.0).eval()
+    dims = ARCH_SETTINGS[arch]['dims']
+    assert [len(layer.blocks) for layer in model.layers] == list(ARCH_SETTINGS[arch]['depths'])
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 32, 32))
+    assert [tuple(o.shape) for o in outs] == [(1, dims * 2 ** i, 32 // 2 ** (i + 2),
+                                               32 // 2 ** (i + 2)) for i in range(4)]
+
+
+@pytest.mark.parametrize('size', [(33, 47), (1, 1), (64, 20)])
+def test_any_input_size(size):
+    model = VMamba(SMALL_ARCH).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, *size))
+    for i, o in enumerate(outs):
+        assert o.shape == (2, 16 * 2 ** i, _expected_hw(size[0], i), _expected_hw(size[1], i))
+        assert o.is_contiguous() and torch.isfinite(o).all()
+
+
+def test_out_indices_subset_and_output_norms():
+    model = VMamba(SMALL_ARCH, out_indices=(1, 3)).eval()
+    assert hasattr(model, 'outnorm1') and hasattr(model, 'outnorm3')
+    assert not hasattr(model, 'outnorm0') and not hasattr(model, 'outnorm2')
+    full = VMamba(SMALL_ARCH).eval()
+    _randomise(model)
+    full.load_state_dict(model.state_dict(), strict=False)  # outnorm0/2 stay unused
+    with torch.no_grad():
+        x = torch.randn(1, 3, 40, 40)
+        outs = model(x)
+        ref = full(x)
+    assert len(outs) == 2
+    torch.testing.assert_close(outs[0], ref[1])
+    torch.testing.assert_close(outs[1], ref[3])
+
+
+def test_output_is_per_stage_layernorm_of_the_stage_features():
+    model = VMamba(SMALL_ARCH, out_indices=(0,)).eval()
+    _randomise(model)
+    x = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        feat = model.layers[0].blocks(model.patch_embed(x))
+        expected = F.layer_norm(feat.permute(0, 2, 3, 1), (16,), model.outnorm0.weight,
+                                model.outnorm0.bias, 1e-5).permute(0, 3, 1, 2)
+        torch.testing.assert_close(model(x)[0], expected)
+
+
+def test_frozen_stages():
+    model = VMamba(SMALL_ARCH, frozen_stages=2, out_indices=(0, 1, 2, 3))
+    model.train()
+    frozen = [model.patch_embed, model.layers[0], model.layers[1], model.outnorm0, model.outnorm1]
+    for m in frozen:
+        assert not m.training
+        assert all(not p.requires_grad for p in m.parameters())
+    for m in (model.layers[2], model.layers[3], model.outnorm2, model.outnorm3):
+        assert m.training
+        assert all(p.requires_grad for p in m.parameters())
+    outs = model(torch.randn(1, 3, 32, 32))
+    sum(o.sum() for o in outs).backward()
+    assert model.layers[0].blocks[0].op.A_logs.grad is None
+    assert model.layers[2].blocks[0].op.A_logs.grad is not None
+
+    only_stem = VMamba(SMALL_ARCH, frozen_stages=0).train()
+    assert not only_stem.patch_embed.training
+    assert all(p.requires_grad for p in only_stem.layers[0].parameters())
+
+
+def test_with_cp_same_output_and_gradients():
+    torch.manual_seed(0)
+    ref = VMamba(SMALL_ARCH, drop_path_rate=0.0).train()
+    _randomise(ref)
+    ckpt = VMamba(SMALL_ARCH, drop_path_rate=0.0, with_cp=True).train()
+    ckpt.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 24, 24)
+    grads = []
+    for model in (ref, ckpt):
+        xi = x.clone().requires_grad_(True)
+        outs = model(xi)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        grads.append([xi.grad] + [p.grad for p in model.parameters()])
+        grads[-1].append(torch.cat([o.flatten() for o in outs]).detach())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_drop_path_rates_increase_linearly():
+    model = VMamba(SMALL_ARCH, drop_path_rate=0.3)
+    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.0
+             for layer in model.layers for b in layer.blocks]
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 5))
+
+
+def test_bf16_autocast_forward_backward_finite():
+    torch.manual_seed(0)
+    model = VMamba(SMALL_ARCH, drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x)
+    for o, r in zip(outs, ref):
+        assert torch.isfinite(o).all()
+        assert (o.float() - r).abs().max() < 0.1 * r.abs().max()
+    sum(o.float().sum() for o in outs).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
+def test_builds_from_config_in_each_scope(scope):
+    import importlib
+    MODELS = importlib.import_module(f'{scope}.registry').MODELS
+    model = MODELS.build(dict(type='VMamba', arch=dict(depths=(1, 1, 1, 1), dims=8),
+                              out_indices=(0, 2), drop_path_rate=0.1))
+    assert isinstance(model, VMamba)
+    assert [tuple(o.shape) for o in model.eval()(torch.randn(1, 3, 16, 16))] == \
+        [(1, 8, 4, 4), (1, 32, 1, 1)]
+
+
+# ------------------------------------------------------------------- errors
+@pytest.mark.parametrize('x, exc, words', [
+    (torch.randn(3, 32, 32), ValueError, ['4D', '(3, 32, 32)']),
+    (torch.randn(1, 4, 32, 32), ValueError, ['expected 3 input channels', 'got 4']),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, ['floating point', 'uint8']),
+    (torch.randn(1, 3, 0, 32), ValueError, ['at least 1x1']),
+])
+def test_bad_input_errors(x, exc, words):
+    model = VMamba(dict(depths=(1, 1), dims=8), out_indices=(0, 1))
+    with pytest.raises(exc) as info:
+        model(x)
+    for w in words:
+        assert w in str(info.value)
+
+
+@pytest.mark.parametrize('kwargs, exc, words', [
+    (dict(arch='huge'), ValueError, ["'huge'", 'tiny']),
+    (dict(arch=dict(dims=8)), ValueError, ['missing', 'depths']),
+    (dict(arch=dict(depths=(1,), dims=8, heads=3)), ValueError, ['unknown', 'heads']),
+    (dict(arch=dict(depths=(1, 0), dims=8)), ValueError, ['depths']),
+    (dict(arch=['tiny']), TypeError, ['str or a dict']),
+    (dict(arch='tiny', out_indices=(4,)), ValueError, ['out_indices', '(4,)']),
+    (dict(arch='tiny', frozen_stages=5), ValueError, ['frozen_stages']),
+])
+def test_bad_config_errors(kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        VMamba(**kwargs)
+    for w in words:
+        assert w in str(info.value)

@@ -1,0 +1,135 @@
+"""CPU speed of VMamba-T against mmdet's Swin-T, in one process.
+
+Times batch-1 224x224 inference and batch-2 224x224 forward + backward of both
+backbones (all four output stages, as FPN / UPerNet use them), alternating the two
+models round by round so that a busy machine slows both alike. Prints a table and
+writes a JSON record (device, versions, shapes, times, ratios).
+
+    python tools/benchmark_backbones.py [--rounds 7] [--threads N] [--out PATH]
+
+Targets (the official code is 2.2x / 30x slower than Swin-T on CPU): VMamba-T at
+most 1.0x Swin-T's time for inference and 1.5x for training.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+TARGETS = {'inference': 1.0, 'train': 1.5}
+
+
+def build_models():
+    from mmdet.models.backbones import SwinTransformer
+
+    from vmamba_mm.models.vmamba import VMamba
+    vmamba = VMamba('tiny', drop_path_rate=0.2)
+    swin = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                           window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2,
+                           patch_norm=True, out_indices=(0, 1, 2, 3))
+    return {'VMamba-T': vmamba, 'Swin-T': swin}
+
+
+def make_tasks(model, infer_shape, train_shape):
+    x_inf = torch.randn(*infer_shape)
+    x_train = torch.randn(*train_shape)
+
+    def inference():
+        model.eval()
+        with torch.no_grad():
+            model(x_inf)
+
+    def train():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        outs = model(x_train)
+        sum(o.float().mean() for o in outs).backward()
+
+    return {'inference': inference, 'train': train}
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions():
+    out = {'python': platform.python_version(), 'torch': torch.__version__}
+    for name in ('mmcv', 'mmengine', 'mmdet', 'vmamba_mm'):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception as e:  # noqa: BLE001  (recorded, not fatal)
+            out[name] = f'unavailable: {type(e).__name__}'
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=7, help='timed rounds per task and model')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads (default: torch default)')
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--out', default='docs/benchmarks/backbones_cpu.json')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shapes = {'inference': (1, 3, args.size, args.size), 'train': (2, 3, args.size, args.size)}
+
+    models = build_models()
+    tasks = {name: make_tasks(m, shapes['inference'], shapes['train'])
+             for name, m in models.items()}
+    times = {name: {task: [] for task in shapes} for name in models}
+    for task in shapes:
+        for r in range(args.warmup + args.rounds):
+            for name in models:
+                start = time.perf_counter()
+                tasks[name][task]()
+                elapsed = time.perf_counter() - start
+                if r >= args.warmup:
+                    times[name][task].append(elapsed)
+
+    median = {n: {t: statistics.median(v) for t, v in d.items()} for n, d in times.items()}
+    ratios = {t: median['VMamba-T'][t] / median['Swin-T'][t] for t in shapes}
+    record = {
+        'device': {'cpu': cpu_name(), 'torch_threads': torch.get_num_threads(),
+                   'os_cpus': os.cpu_count(), 'platform': platform.platform()},
+        'versions': versions(),
+        'scan_backend': os.environ.get('VMAMBA_MM_SCAN_BACKEND') or 'auto (torch on CPU)',
+        'shapes': {t: list(s) for t, s in shapes.items()},
+        'params': {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
+        'rounds': args.rounds, 'warmup': args.warmup,
+        'times_s': {n: {t: {'median': median[n][t], 'min': min(v), 'all': v}
+                        for t, v in d.items()} for n, d in times.items()},
+        'ratio_vmamba_over_swin': ratios,
+        'targets': TARGETS,
+        'meets_targets': {t: ratios[t] <= TARGETS[t] for t in shapes},
+    }
+
+    print(f"CPU: {record['device']['cpu']}, {record['device']['torch_threads']} threads, "
+          f"torch {torch.__version__}")
+    print(f"{'task':<10} {'shape':<18} {'VMamba-T (s)':>13} {'Swin-T (s)':>11} "
+          f"{'ratio':>6} {'target':>7}")
+    for t in shapes:
+        print(f"{t:<10} {str(tuple(shapes[t])):<18} {median['VMamba-T'][t]:>13.3f} "
+              f"{median['Swin-T'][t]:>11.3f} {ratios[t]:>6.2f} {'<= ' + str(TARGETS[t]):>7}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(record, f, indent=2)
+    print(f'wrote {args.out}')
+    return record
+
+
+if __name__ == '__main__':
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,217 @@
+"""Benchmark the selective-scan backends on VMamba / Vim shapes.
+
+Prints a table and writes JSON (device, versions, shapes, times, GB/s, ratios).
+On CPU it compares the 'torch' (chunked) backend with the 'reference' per-step
+loop; on CUDA it compares 'triton', 'torch' and mamba_ssm's
+``selective_scan_fn`` when importable, and measures the device's copy
+bandwidth to report the fraction of it that the forward pass reaches.
+
+Examples::
+
+    python tools/benchmark_scan.py --shapes vmamba_t_s1        # the 20x CPU target
+    python tools/benchmark_scan.py --quick                     # all shapes, 1 timed run
+    python tools/benchmark_scan.py --batch 8 --out /tmp/scan.json
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from vmamba_mm.ops import selective_scan  # noqa: E402
+
+# name: (dim, L, N, G, z). VMamba-T at 224^2: 4 directions folded into dim with
+# G = 4 groups of B/C, N = 1 (d_state), softplus + delta_bias + D; Vim: N = 16, z gating.
+SHAPES = {
+    'vmamba_t_s1': (4 * 96, 56 * 56, 1, 4, False),
+    'vmamba_t_s2': (4 * 192, 28 * 28, 1, 4, False),
+    'vmamba_t_s3': (4 * 384, 14 * 14, 1, 4, False),
+    'vmamba_t_s4': (4 * 768, 7 * 7, 1, 4, False),
+    'vim_s_224': (768, 14 * 14 + 1, 16, 1, True),
+    'vim_ti_1248': (384, 78 * 78 + 1, 16, 1, True),
+}
+
+
+def make_inputs(batch, dim, L, N, G, z, dtype, device):
+    gen = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    return dict(u=rnd(batch, dim, L), delta=rnd(batch, dim, L) - 2,
+                A=-torch.exp(torch.randn(dim, N, generator=gen)).to(device),
+                B=rnd(batch, G, N, L), C=rnd(batch, G, N, L),
+                D=torch.ones(dim, device=device), z=rnd(batch, dim, L) if z else None,
+                delta_bias=torch.zeros(dim, device=device))
+
+
+def moved_bytes(batch, dim, L, N, G, z, elem):
+    """Minimal HBM traffic: every input read once, every output written once."""
+    seq = batch * dim * L * elem
+    bc = batch * G * N * L * elem
+    fwd = seq * (3 + int(z)) + 2 * bc  # u, delta, (z) in, out; B, C in
+    bwd = seq * (3 + int(z)) + 2 * bc + seq * (2 + int(z)) + 2 * bc  # re-read + dout; du, ddelta, dz, dB, dC
+    return fwd, fwd + bwd
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return min(times), statistics.median(times)
+
+
+def scan_fn(backend):
+    if backend == 'mamba_ssm':
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        return selective_scan_fn
+    return lambda *a, **k: selective_scan(*a, **k, backend=backend)
+
+
+def bench_one(backend, inputs, device, reps, warmup):
+    fn = scan_fn(backend)
+    kw = dict(delta_softplus=True)
+
+    def fwd():
+        with torch.no_grad():
+            fn(**inputs, **kw)
+
+    leaves = {k: v.detach().requires_grad_() if v is not None else None for k, v in inputs.items()}
+
+    def fwd_bwd():
+        for v in leaves.values():
+            if v is not None:
+                v.grad = None
+        out = fn(**leaves, **kw)
+        out.backward(torch.ones_like(out))
+
+    return timeit(fwd, device, reps, warmup), timeit(fwd_bwd, device, reps, warmup)
+
+
+def copy_bandwidth(device):
+    x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    best, _ = timeit(lambda: y.copy_(x), device, reps=20, warmup=3)
+    return 2 * x.numel() / (best * 1e-3) / 1e9
+
+
+def versions():
+    info = dict(python=platform.python_version(), torch=torch.__version__)
+    try:
+        import triton
+        info['triton'] = triton.__version__
+    except ImportError:
+        info['triton'] = None
+    try:
+        import mamba_ssm
+        info['mamba_ssm'] = mamba_ssm.__version__
+    except ImportError:
+        info['mamba_ssm'] = None
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--shapes', default=','.join(SHAPES),
+                        help=f'comma-separated subset of {", ".join(SHAPES)}')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
+    parser.add_argument('--backends', default=None,
+                        help='comma-separated; default: torch,reference on CPU, '
+                             'triton,torch,mamba_ssm (if installed) on CUDA')
+    parser.add_argument('--reps', type=int, default=5)
+    parser.add_argument('--quick', action='store_true', help='1 warm-up and 1 timed run per case')
+    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads on CPU')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--out', default=None,
+                        help='JSON path (default docs/benchmarks/scan_<device>.json)')
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [s for s in args.shapes.split(',') if s]
+    unknown = [s for s in names if s not in SHAPES]
+    if unknown:
+        parser.error(f'unknown shapes {unknown}; choose from {list(SHAPES)}')
+    if args.backends:
+        backends = args.backends.split(',')
+    elif device.type == 'cuda':
+        backends = ['triton', 'torch']
+        if versions()['mamba_ssm']:
+            backends.append('mamba_ssm')
+    else:
+        backends = ['torch', 'reference']
+    reps, warmup = (1, 1) if args.quick else (args.reps, 1)
+    dtype = getattr(torch, args.dtype)
+    elem = torch.finfo(dtype).bits // 8
+
+    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
+        platform.processor() or platform.machine())
+    report = dict(device=dev_name, device_type=device.type, versions=versions(),
+                  threads=torch.get_num_threads(), dtype=args.dtype, batch=args.batch,
+                  timing='ms: best and median of `reps` runs after 1 warm-up',
+                  reps=reps, results=[])
+    if device.type == 'cuda':
+        report['copy_bandwidth_GBps'] = copy_bandwidth(device)
+
+    header = (f'{"shape":<13}{"backend":<11}{"fwd ms":>9}{"(med)":>9}{"f+b ms":>10}{"(med)":>10}'
+              f'{"fwd GB/s":>10}{"f+b GB/s":>10}')
+    print(header)
+    print('-' * len(header))
+    for name in names:
+        dim, L, N, G, z = SHAPES[name]
+        inputs = make_inputs(args.batch, dim, L, N, G, z, dtype, device)
+        fwd_bytes, total_bytes = moved_bytes(args.batch, dim, L, N, G, z, elem)
+        rows = {}
+        for backend in backends:
+            (f_best, f_med), (fb_best, fb_med) = bench_one(backend, inputs, device, reps, warmup)
+            row = dict(shape=name, dim=dim, L=L, N=N, G=G, z=z, backend=backend,
+                       fwd_ms=f_best, fwd_ms_median=f_med, fwd_bwd_ms=fb_best,
+                       fwd_bwd_ms_median=fb_med,
+                       fwd_GBps=fwd_bytes / (f_best * 1e-3) / 1e9,
+                       fwd_bwd_GBps=total_bytes / (fb_best * 1e-3) / 1e9)
+            if 'copy_bandwidth_GBps' in report:
+                row['fwd_fraction_of_copy_bw'] = row['fwd_GBps'] / report['copy_bandwidth_GBps']
+            rows[backend] = row
+            print(f'{name:<13}{backend:<11}{f_best:9.2f}{f_med:9.2f}{fb_best:10.2f}{fb_med:10.2f}'
+                  f'{row["fwd_GBps"]:10.2f}{row["fwd_bwd_GBps"]:10.2f}', flush=True)
+        # Speed-up of each backend over every other one (best times).
+        for backend, row in rows.items():
+            row['speedup_fwd'] = {o: r['fwd_ms'] / row['fwd_ms'] for o, r in rows.items() if o != backend}
+            row['speedup_fwd_bwd'] = {o: r['fwd_bwd_ms'] / row['fwd_bwd_ms']
+                                      for o, r in rows.items() if o != backend}
+        first = backends[0]
+        for other in backends[1:]:
+            print(f'{"":<13}{first} vs {other}: forward x{rows[first]["speedup_fwd"][other]:.1f}, '
+                  f'forward+backward x{rows[first]["speedup_fwd_bwd"][other]:.1f}')
+        report['results'].extend(rows.values())
+        del inputs
+
+    out = args.out or os.path.join('docs', 'benchmarks', f'scan_{device.type}.json')
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(report, f, indent=2)
+    if 'copy_bandwidth_GBps' in report:
+        print(f'copy bandwidth: {report["copy_bandwidth_GBps"]:.0f} GB/s')
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    main()

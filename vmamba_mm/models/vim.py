@@ -1,0 +1,421 @@
+"""Vim (Vision Mamba): a plain, ViT-like backbone of bidirectional Mamba blocks.
+
+Faithful to the released ``vim_*_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_
+with_midclstok_div2`` models of hustvl/Vim (Zhu et al., 2024): 16x16 patch
+embedding, absolute position embedding, a class token in the *middle* of the token
+sequence, and ``num_layers`` blocks of
+
+    residual <- residual + drop_path(hidden)        (kept in float32)
+    hidden   <- BidirectionalMamba(RMSNorm(residual))
+
+followed by a final add + RMSNorm (``norm_f``). The mixer is Mamba's "bimamba v2":
+one shared ``in_proj`` / ``out_proj`` and, per direction, its own causal depthwise
+conv1d, ``x_proj``, ``dt_proj``, ``A_log`` and ``D``; the backward direction runs on
+the flipped sequence, and the two outputs are averaged ("divide out"). Both
+directions go through ONE call of the shared :func:`vmamba_mm.ops.selective_scan`,
+stacked as two channel groups (each with its own B and C).
+
+Module and parameter names are those of the official checkpoints
+(``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``layers.{i}.norm``,
+``layers.{i}.mixer.{in_proj,conv1d,x_proj,dt_proj,A_log,D,conv1d_b,...}``,
+``norm_f``), so an official ``{'model': state_dict}`` loads after dropping ``head.*``
+and resizing ``pos_embed``.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+
+from ..ops import selective_scan
+from ..registry import register_model
+from .checkpoint import load_pretrained
+
+
+def _at_least_fp32(t):
+    """Float32 unless the tensor is float64 (keeps float64 tests exact)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dimension, computed in float32.
+
+    Returns float32 (or float64 for float64 input); callers cast as needed.
+    """
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x = _at_least_fp32(x)
+        x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
+        return x * self.weight.to(x.dtype)
+
+
+class BidirectionalMamba(nn.Module):
+    """Mamba mixer with a forward and a backward scan ("bimamba v2", divide out).
+
+    Args:
+        dim (int): token width (``d_model``).
+        d_state (int): SSM state size N. Defaults to 16.
+        expand (int): inner width = ``expand * dim``. Defaults to 2.
+        d_conv (int): causal depthwise conv kernel size. Defaults to 4.
+        num_layers (int): depth of the network, used to scale the initial
+            ``out_proj`` weights by ``1/sqrt(num_layers)`` as the official init.
+        dt_min, dt_max (float): range of the initial time steps.
+    """
+
+    def __init__(self, dim, d_state=16, expand=2, d_conv=4, num_layers=24,
+                 dt_min=0.001, dt_max=0.1):
+        super().__init__()
+        self.d_inner = d_inner = expand * dim
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.dt_rank = math.ceil(dim / 16)
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        # Per direction: '' (forward) and '_b' (backward, on the flipped sequence).
+        for sfx in ('', '_b'):
+            conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
+            x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+            dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+            setattr(self, f'conv1d{sfx}', conv)
+            setattr(self, f'x_proj{sfx}', x_proj)
+            setattr(self, f'dt_proj{sfx}', dt_proj)
+            # S4D-real init: A = -(1..N) for every channel, kept as log in float32.
+            A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+            a_name = 'A_log' if sfx == '' else 'A_b_log'
+            setattr(self, a_name, nn.Parameter(torch.log(A)))
+            setattr(self, f'D{sfx}', nn.Parameter(torch.ones(d_inner)))
+            self._init_dt(dt_proj, dt_min, dt_max)
+        nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            self.out_proj.weight /= math.sqrt(num_layers)
+
+    def _init_dt(self, dt_proj, dt_min, dt_max, floor=1e-4):
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) +
+                       math.log(dt_min)).clamp(min=floor)
+        with torch.no_grad():  # softplus(bias) = dt
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, x):
+        """(B, L, dim) -> (B, L, dim)."""
+        batch, L, _ = x.shape
+        E, N, R = self.d_inner, self.d_state, self.dt_rank
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2E, L)
+        u, z = xz.chunk(2, dim=1)
+        # Stack the directions as channel groups: [forward; backward on the flipped sequence].
+        u = torch.cat([u, u.flip(-1)], dim=1)
+        z = torch.cat([z, z.flip(-1)], dim=1)
+        conv_w = torch.cat([self.conv1d.weight, self.conv1d_b.weight])
+        conv_b = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
+        # Causal depthwise conv: pad d_conv-1 on both sides, keep the first L outputs.
+        u = F.silu(F.conv1d(u, conv_w, conv_b, padding=self.d_conv - 1, groups=2 * E)[..., :L])
+        x_proj_w = torch.stack([self.x_proj.weight, self.x_proj_b.weight])  # (2, R+2N, E)
+        x_dbl = torch.matmul(x_proj_w, u.view(batch, 2, E, L))  # (B, 2, R+2N, L)
+        dt, B, C = x_dbl.split([R, N, N], dim=2)
+        dt_w = torch.stack([self.dt_proj.weight, self.dt_proj_b.weight])  # (2, E, R)
+        dt = torch.matmul(dt_w, dt).reshape(batch, 2 * E, L)
+        # A, D and the time-step bias enter the scan in (at least) float32.
+        A = -torch.exp(_at_least_fp32(torch.cat([self.A_log, self.A_b_log])))
+        D = _at_least_fp32(torch.cat([self.D, self.D_b]))
+        dt_bias = _at_least_fp32(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
+        y = selective_scan(u, dt, A, B.contiguous(), C.contiguous(), D=D, z=z,
+                           delta_bias=dt_bias, delta_softplus=True)
+        y_f, y_b = y.chunk(2, dim=1)
+        y = (y_f + y_b.flip(-1)) / 2
+        return self.out_proj(y.transpose(1, 2))
+
+
+class Block(nn.Module):
+    """Add -> RMSNorm -> mixer, the official (fused add-norm) block layout.
+
+    ``forward(hidden, residual)`` returns ``(mixer output, residual)``; the
+    residual stream is kept in float32. The first block gets ``residual=None``
+    and takes the embeddings as the residual.
+
+    Args:
+        dim (int): token width.
+        drop_path (float): stochastic depth applied to the incoming ``hidden``
+            (the previous block's mixer output) before it joins the residual.
+        **mixer_kwargs: passed to :class:`BidirectionalMamba`.
+    """
+
+    def __init__(self, dim, drop_path=0., **mixer_kwargs):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.mixer = BidirectionalMamba(dim, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, hidden, residual=None):
+        if residual is None:
+            residual = _at_least_fp32(hidden)
+        else:
+            residual = residual + _at_least_fp32(self.drop_path(hidden))
+        return self.mixer(self.norm(residual).to(hidden.dtype)), residual
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: (B, C, H, W) -> (B, h*w, dim), (h, w).
+
+    The grid is ``floor(H / p) x floor(W / p)``: trailing rows/columns that do not
+    fill a whole patch are ignored (mmdet/mmseg data preprocessors pad to 32).
+    """
+
+    def __init__(self, in_channels, dim, patch_size):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
+
+
+def resize_pos_embed(pos_embed, src_hw, dst_hw):
+    """Resize a middle-class-token position embedding to another patch grid.
+
+    Args:
+        pos_embed (Tensor): (1, h*w + 1, C); entry ``h*w // 2`` is the class
+            token's, the others are the patches' in row-major order (the layout
+            of the official ``midclstok`` models).
+        src_hw (tuple[int]): the grid ``(h, w)`` of ``pos_embed``.
+        dst_hw (tuple[int]): the wanted grid.
+
+    Returns:
+        Tensor: (1, H*W + 1, C), patches resized bicubically (as the official
+        ``interpolate_pos_embed``), the class token's entry kept and placed at
+        index ``H*W // 2``.
+    """
+    src_hw, dst_hw = tuple(src_hw), tuple(dst_hw)
+    num_src = src_hw[0] * src_hw[1]
+    if pos_embed.shape[1] != num_src + 1:
+        raise ValueError(f'pos_embed has {pos_embed.shape[1]} entries; a {src_hw} grid '
+                         f'plus the class token needs {num_src + 1}')
+    if src_hw == dst_hw:
+        return pos_embed
+    mid = num_src // 2
+    cls = pos_embed[:, mid:mid + 1]
+    patches = torch.cat([pos_embed[:, :mid], pos_embed[:, mid + 1:]], dim=1)
+    grid = patches.reshape(1, *src_hw, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=dst_hw, mode='bicubic', align_corners=False)
+    patches = grid.to(pos_embed.dtype).flatten(2).transpose(1, 2)
+    mid = dst_hw[0] * dst_hw[1] // 2
+    return torch.cat([patches[:, :mid], cls, patches[:, mid:]], dim=1)
+
+
+@register_model
+class Vim(BaseModule):
+    """Vision Mamba backbone (mmpretrain / mmseg / mmdet).
+
+    Args:
+        arch (str | dict): 'tiny' (192 wide), 'small' (384) or 'base' (768), all
+            24 layers, d_state 16, expand 2; or a dict with exactly the keys
+            ``embed_dims``, ``num_layers``, ``d_state``, ``expand``.
+        img_size (int | tuple[int]): size the stored position embedding is made
+            for. Any input size works: ``pos_embed`` is resized (bicubic) to the
+            actual patch grid at forward time, and a checkpoint trained at another
+            size is resized to ``img_size`` when loaded. Defaults to 224.
+        patch_size (int): Defaults to 16.
+        in_channels (int): Defaults to 3.
+        out_type (str): 'cls_token': a 1-tuple with the normed middle class token,
+            (B, C) (the classification model's feature; its head is a Linear on
+            it). 'featmap': dense features for detection/segmentation, a 4-tuple
+            at strides 4, 8, 16, 32 (for patch 16), each (B, C, h, w), from the
+            blocks in ``out_indices``. As the official ``seg/backbone/vim.py``,
+            the feature of block i is its mixer output (not normed, no residual
+            added); the class token is dropped from it; then ConvTranspose2d-norm-
+            GELU-ConvTranspose2d (x4), ConvTranspose2d (x2), identity, 2x2 max-pool.
+            Blocks after the last out index are not run, and ``norm_f`` does not
+            exist in this mode. Defaults to 'cls_token'.
+        out_indices (Sequence[int]): for 'featmap', the blocks feeding the
+            stride 4, 8, 16 and 32 outputs, in that order (negative counts from the
+            end; repeats allowed). Defaults to (5, 11, 17, 23).
+        drop_path_rate (float): stochastic depth, linear over the blocks.
+        norm_cfg (dict): norm of the stride-4 branch. Defaults to BN (the
+            official configs use SyncBN).
+        with_cp (bool): gradient checkpointing per block.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
+            loads an official (or our own) checkpoint with key conversion and
+            position-embedding resizing; other types go to mmengine.
+    """
+
+    arch_zoo = {
+        'tiny': dict(embed_dims=192, num_layers=24, d_state=16, expand=2),
+        'small': dict(embed_dims=384, num_layers=24, d_state=16, expand=2),
+        'base': dict(embed_dims=768, num_layers=24, d_state=16, expand=2),
+    }
+    OUT_TYPES = ('cls_token', 'featmap')
+
+    def __init__(self,
+                 arch='tiny',
+                 img_size=224,
+                 patch_size=16,
+                 in_channels=3,
+                 out_type='cls_token',
+                 out_indices=(5, 11, 17, 23),
+                 drop_path_rate=0.,
+                 norm_cfg=dict(type='BN', requires_grad=True),
+                 with_cp=False,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        arch = self._parse_arch(arch)
+        self.embed_dims = dim = arch['embed_dims']
+        self.num_layers = arch['num_layers']
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'Vim: unknown out_type {out_type!r}; choose one of {self.OUT_TYPES}')
+        self.out_type = out_type
+        if patch_size != 16 and out_type == 'featmap':
+            raise ValueError(f'Vim: the featmap pyramid is defined for patch_size 16, got {patch_size}')
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_resolution = (img_size[0] // patch_size, img_size[1] // patch_size)
+        if min(self.patch_resolution) < 1:
+            raise ValueError(f'Vim: img_size {img_size} is smaller than one patch ({patch_size})')
+        self.with_cp = with_cp
+
+        self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
+        num_patches = self.patch_resolution[0] * self.patch_resolution[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+
+        # Block i drops the mixer output of block i-1 with rate dpr[i-1]; the last
+        # mixer's output (added before norm_f) gets dpr[-1] = drop_path_rate.
+        dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        mixer_kwargs = dict(d_state=arch['d_state'], expand=arch['expand'],
+                            num_layers=self.num_layers)
+        self.layers = nn.ModuleList([
+            Block(dim, drop_path=([0.] + dpr)[i], **mixer_kwargs)
+            for i in range(self.num_layers)
+        ])
+
+        if out_type == 'cls_token':
+            self.norm_f = RMSNorm(dim)
+            self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        else:
+            self.out_indices = self._parse_out_indices(out_indices)
+            # Pyramid as the official seg/backbone/vim.py (same module names).
+            self.fpn1 = nn.Sequential(
+                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+                build_norm_layer(norm_cfg, dim)[1],
+                nn.GELU(),
+                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
+            self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
+            self.fpn3 = nn.Identity()
+            self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+
+        # Official initialisation (models_mamba.VisionMamba).
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        # lecun normal (truncated at 2 std) for the patch projection
+        std = math.sqrt(1. / (in_channels * patch_size * patch_size)) / .87962566103423978
+        nn.init.trunc_normal_(self.patch_embed.proj.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'Vim: unknown arch {arch!r}; choose one of '
+                                 f'{sorted(self.arch_zoo)} or pass a dict')
+            return dict(self.arch_zoo[arch])
+        if not isinstance(arch, dict):
+            raise TypeError(f'Vim: arch must be a str or a dict, got {type(arch).__name__}')
+        keys = {'embed_dims', 'num_layers', 'd_state', 'expand'}
+        missing, unknown = keys - set(arch), set(arch) - keys
+        if missing or unknown:
+            raise ValueError(f'Vim: arch dict needs exactly the keys {sorted(keys)}; '
+                             f'missing {sorted(missing)}, unknown {sorted(unknown)}')
+        return dict(arch)
+
+    def _parse_out_indices(self, out_indices):
+        out_indices = [int(i) for i in out_indices]
+        if len(out_indices) != 4:
+            raise ValueError(f'Vim: out_type="featmap" needs 4 out_indices (one per '
+                             f'pyramid level), got {out_indices}')
+        resolved = []
+        for i in out_indices:
+            j = i + self.num_layers if i < 0 else i
+            if not 0 <= j < self.num_layers:
+                raise ValueError(f'Vim: out index {i} out of range for {self.num_layers} layers')
+            resolved.append(j)
+        return resolved
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f'Vim: expected a (B, C, H, W) tensor, got {shape}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'Vim: expected {self.in_channels} input channels, got '
+                             f'{x.shape[1]} (input shape {tuple(x.shape)})')
+        if x.shape[2] < self.patch_size or x.shape[3] < self.patch_size:
+            raise ValueError(f'Vim: input {x.shape[2]}x{x.shape[3]} is smaller than one '
+                             f'{self.patch_size}x{self.patch_size} patch')
+
+    def forward(self, x):
+        self._check_input(x)
+        tokens, hw = self.patch_embed(x)
+        num_patches = hw[0] * hw[1]
+        mid = num_patches // 2
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        hidden = torch.cat([tokens[:, :mid], cls, tokens[:, mid:]], dim=1)
+        hidden = hidden + resize_pos_embed(self.pos_embed, self.patch_resolution, hw)
+
+        residual, feats = None, {}
+        for i, layer in enumerate(self.layers):
+            if self.with_cp and self.training and hidden.requires_grad:
+                hidden, residual = cp.checkpoint(layer, hidden, residual, use_reentrant=False)
+            else:
+                hidden, residual = layer(hidden, residual)
+            if self.out_type == 'featmap' and i in self.out_indices:
+                patches = torch.cat([hidden[:, :mid], hidden[:, mid + 1:]], dim=1)
+                feats[i] = patches.transpose(1, 2).reshape(x.shape[0], -1, *hw).contiguous()
+                if len(feats) == len(set(self.out_indices)):
+                    break  # later blocks do not contribute
+
+        if self.out_type == 'cls_token':
+            residual = residual + _at_least_fp32(self.drop_path(hidden))
+            return (self.norm_f(residual)[:, mid].to(hidden.dtype), )
+        pyramid = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
+        return tuple(op(feats[i]) for op, i in zip(pyramid, self.out_indices))
+
+    def init_weights(self):
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            load_pretrained(self, self.init_cfg['checkpoint'], convert=convert_official_vim)
+            self._is_init = True
+            return
+        super().init_weights()
+
+
+def convert_official_vim(state, model):
+    """Official Vim (classification) state dict -> :class:`Vim` keys.
+
+    Drops the classifier ``head.*`` (and ``rope.*`` buffers of rope variants) and
+    resizes ``pos_embed`` from the checkpoint's square grid to ``model``'s
+    ``patch_resolution`` (class token entry kept in the middle). Other keys are
+    already named alike; leftovers (e.g. ``norm_f.weight`` for a dense model) are
+    reported as unexpected by :func:`load_pretrained`.
+    """
+    state = {k: v for k, v in state.items()
+             if not k.startswith(('head.', 'rope.'))}
+    if 'pos_embed' in state:
+        pos = state['pos_embed']
+        num_src = pos.shape[1] - 1
+        side = int(round(math.sqrt(num_src)))
+        dst = model.patch_resolution
+        if num_src != dst[0] * dst[1]:
+            if side * side != num_src:
+                raise RuntimeError(
+                    f'checkpoint pos_embed {tuple(pos.shape)} has {num_src} patch entries, '
+                    f'not a square grid; cannot resize it to {dst}')
+            state['pos_embed'] = resize_pos_embed(pos, (side, side), dst)
+    return state

@@ -1,0 +1,226 @@
+"""Fast pure-PyTorch selective scan (any device; the CPU default).
+
+The S6 recurrence ``h_l = a_l * h_{l-1} + x_l`` with ``a_l = exp(delta_l * A)``
+and ``x_l = delta_l * u_l * B_l`` is a first-order linear scan. Here it runs as
+a two-level chunked scan: the sequence of length L is cut into ``nc`` chunks of
+``T ~ sqrt(L)`` steps and stored time-major as (batch, nc, T, ...), so that
+
+1. one loop of T steps runs all chunks at once from a zero state, keeping only
+   each chunk's end state (a small buffer, cache-resident),
+2. one loop of nc steps carries the state across chunk boundaries (with each
+   chunk's total decay, a product of its decays),
+3. one loop of T steps runs all chunks at once from their true start states,
+   writing the states (each step is one fused multiply-add on (batch, nc)
+   rows of contiguous channels).
+
+That is ``2 T + nc ~ 3 sqrt(L)`` Python steps instead of L, doing the same
+multiply-adds as the per-step recurrence: no division by decays and no exp of a
+cumulated sum, so it is as accurate as the reference loop. The backward pass
+is a hand-written custom autograd Function: the adjoint state
+``g_l = dh_l + a_{l+1} g_{l+1}`` is the same chunked scan run in reverse time;
+all other gradients are a few fused elementwise products and reductions.
+
+Numerical assumption: the decays ``exp(delta * A)`` lie in [0, 1], i.e.
+``delta * A <= 0``, which holds in every model here (``A = -exp(A_log)`` and a
+positive ``delta`` after softplus). Nothing relies on it for correctness: with
+``delta * A > 0`` the state grows exponentially exactly as in the reference
+loop, and the running products of decays overflow only where the state does.
+
+Memory: the forward saves the decays and states, 2 x (batch, dim, N, L)
+floats (float32, or float64 for float64 inputs), plus the inputs.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class _ChunkLayout:
+    """Time-major, zero-padded layout of (batch, C, L) sequences: (batch, nc, T, C).
+
+    Sequence position ``l`` is at ``[:, l // T, l % T]``; the ``nc * T - L``
+    padded positions come after the sequence, so they never influence it.
+    Conversions are per-batch 2-D transposes.
+    """
+
+    def __init__(self, L):
+        self.L = L
+        self.T = math.isqrt(max(L - 1, 0)) + 1
+        self.nc = -(-L // self.T)
+        self.Lp = self.nc * self.T
+        self.last = divmod(L - 1, self.T)
+
+    def to_chunks(self, x, dtype):
+        """(batch, C, L) -> (batch, nc, T, C) contiguous in ``dtype``."""
+        batch, C, L = x.shape
+        out = x.new_empty(batch, self.Lp, C, dtype=dtype)
+        if self.Lp > L:
+            out[:, L:].zero_()
+        for i in range(batch):
+            out[i, :L].copy_(x[i].t())
+        return out.view(batch, self.nc, self.T, C)
+
+    def from_chunks(self, y):
+        """(batch, nc, T, ...) -> (batch, C, L) with C the product of the trailing dims."""
+        batch = y.shape[0]
+        y = y.reshape(batch, self.Lp, -1)
+        out = y.new_empty(batch, y.shape[2], self.L)
+        for i in range(batch):
+            out[i].copy_(y[i, :self.L].t())
+        return out
+
+
+def _scan_forward_(a, h):
+    """In place: h <- states of h_l = a_l h_{l-1} + x_l (x given in h), (batch, nc, T, ...)."""
+    nc, T = a.shape[1:3]
+    if nc > 1:
+        # State at the end of each chunk when it starts from zero, and the chunk's decay.
+        end = h[:, :, 0].clone()
+        for t in range(1, T):
+            torch.addcmul(h[:, :, t], a[:, :, t], end, out=end)
+        decay = torch.prod(a, dim=2)
+        # State entering each chunk.
+        start = torch.zeros_like(end)
+        for c in range(1, nc):
+            torch.addcmul(end[:, c - 1], decay[:, c - 1], start[:, c - 1], out=start[:, c])
+        h[:, :, 0].addcmul_(a[:, :, 0], start)
+    for t in range(1, T):
+        h[:, :, t].addcmul_(a[:, :, t], h[:, :, t - 1])
+    return h
+
+
+def _scan_backward_(a, g):
+    """In place: g <- adjoint states g_l = dh_l + a_{l+1} g_{l+1} (dh given in g)."""
+    nc, T = a.shape[1:3]
+    if nc > 1:
+        # Adjoint at the first step of each chunk when it ends with zero, and the
+        # decay from that step to the chunk's end.
+        first = g[:, :, T - 1].clone()
+        for t in range(T - 2, -1, -1):
+            torch.addcmul(g[:, :, t], a[:, :, t + 1], first, out=first)
+        decay = torch.prod(a[:, :, 1:], dim=2)
+        # enter[c]: adjoint flowing into the end of chunk c from chunk c + 1.
+        enter = torch.zeros_like(first)
+        for c in range(nc - 2, -1, -1):
+            full = torch.addcmul(first[:, c + 1], decay[:, c + 1], enter[:, c + 1])
+            torch.mul(a[:, c + 1, 0], full, out=enter[:, c])
+        g[:, :, T - 1].add_(enter)
+    for t in range(T - 2, -1, -1):
+        g[:, :, t].addcmul_(a[:, :, t + 1], g[:, :, t + 1])
+    return g
+
+
+def _sum_state(x):
+    """Sum over the trailing state dim N (a free squeeze when N == 1)."""
+    return x.squeeze(-1) if x.shape[-1] == 1 else x.sum(-1)
+
+
+class _SelectiveScanChunked(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+        batch, dim, L = u.shape
+        G, N = B.shape[1], B.shape[2]
+        dg = dim // G
+        lay = _ChunkLayout(L)
+        nc, T = lay.nc, lay.T
+        dt = delta.to(acc)
+        if delta_bias is not None:
+            dt = dt + delta_bias.to(acc)[:, None]
+        if delta_softplus:
+            dt = F.softplus(dt)
+        # Chunked tensors: (batch, nc, T, G, dim // G, N).
+        dt_c = lay.to_chunks(dt, acc).view(batch, nc, T, G, dg, 1)
+        u_c = lay.to_chunks(u, acc).view(batch, nc, T, G, dg, 1)
+        B_c = lay.to_chunks(B.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
+        C_c = lay.to_chunks(C.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
+        a = torch.mul(dt_c, A.to(acc).view(G, dg, N)).exp_()
+        h = torch.mul(dt_c, u_c)
+        h = h.mul_(B_c) if N == 1 else h * B_c
+        _scan_forward_(a, h)
+        y = lay.from_chunks(_sum_state(h * C_c))
+        if D is not None:
+            y.addcmul_(u, D.to(acc)[:, None])
+        out = y * F.silu(z.to(acc)) if z is not None else y
+        ctx.lay, ctx.dims = lay, (batch, dim, L, G, N)
+        ctx.delta_softplus = delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, a, h, dt_c, u_c, B_c, C_c,
+                              y if z is not None else None)
+        out = out.to(u.dtype)
+        if return_last_state:
+            c, t = lay.last
+            return out, h[:, c, t].reshape(batch, dim, N).clone()
+        return out
+
+    @staticmethod
+    def backward(ctx, dout, dlast=None):
+        (u, delta, A, B, C, D, z, delta_bias, a, h, dt_c, u_c, B_c, C_c,
+         y) = ctx.saved_tensors
+        lay = ctx.lay
+        batch, dim, L, G, N = ctx.dims
+        dg = dim // G
+        nc, T = lay.nc, lay.T
+        acc = a.dtype
+        needs = ctx.needs_input_grad
+        du = ddelta = dA = dB = dC = dD = dz = ddelta_bias = None
+        dy = dout.to(acc) if dout is not None else u.new_zeros(u.shape, dtype=acc)
+        if z is not None:
+            zf = z.to(acc)
+            sig = torch.sigmoid(zf)
+            if needs[6]:
+                # d silu(z) / dz = sig * (1 + z * (1 - sig))
+                dz = (dy * y).mul_(sig).mul_(zf.mul(1 - sig).add_(1)).to(z.dtype)
+            dy = dy * (zf * sig)  # zf may alias z: no in-place op on it
+        if D is not None and needs[5]:
+            dD = (dy * u).sum((0, 2)).to(D.dtype)
+        dy_c = lay.to_chunks(dy, acc).view(batch, nc, T, G, dg, 1)
+        if needs[4]:
+            dC = lay.from_chunks((h * dy_c).sum(4)).view(C.shape).to(C.dtype)
+        g = torch.mul(dy_c, C_c)  # dL/dh through the outputs
+        if dlast is not None:
+            c, t = lay.last
+            g[:, c, t] += dlast.to(acc).view(batch, G, dg, N)
+        _scan_backward_(a, g)  # adjoint states = dL/dx, x = delta * u * B
+        du_c = torch.mul(dt_c, u_c)
+        if needs[3]:
+            dB = lay.from_chunks((g * du_c).sum(4)).view(B.shape).to(B.dtype)
+        ddu = _sum_state(g * B_c)  # dL/d(delta * u)
+        # dL/d(delta * A) = g_l * h_{l-1} * a_l, in place over g.
+        g[:, :, 1:].mul_(h[:, :, :-1])
+        g[:, 1:, 0].mul_(h[:, :-1, T - 1])
+        g[:, 0, 0].zero_()
+        g.mul_(a)
+        if needs[2]:
+            dA = (g * dt_c).sum((0, 1, 2)).view(dim, N).to(A.dtype)
+        ddt = _sum_state(g.mul_(A.to(acc).view(G, dg, N)))
+        ddt.addcmul_(ddu, _sum_state(u_c))
+        if needs[0]:
+            du = lay.from_chunks(ddu.mul_(_sum_state(dt_c))).view(batch, dim, L)
+            if D is not None:
+                du.addcmul_(dy, D.to(acc)[:, None])
+            du = du.to(u.dtype)
+        if needs[1] or needs[7]:
+            ddt = lay.from_chunks(ddt).view(batch, dim, L)
+            if ctx.delta_softplus:
+                pre = delta.to(acc)
+                if delta_bias is not None:
+                    pre = pre + delta_bias.to(acc)[:, None]
+                ddt.mul_(torch.sigmoid(pre))
+            if needs[1]:
+                ddelta = ddt.to(delta.dtype)
+            if delta_bias is not None and needs[7]:
+                ddelta_bias = ddt.sum((0, 2)).to(delta_bias.dtype)
+        return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, None
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                           delta_softplus=False, return_last_state=False):
+    """Chunked selective scan (arguments already validated; B, C as (batch, G, N, L)).
+
+    State and sums are float32 (float64 for float64 inputs); the output has
+    ``u``'s dtype; the last state (batch, dim, N) is float32 (float64 for
+    float64 inputs).
+    """
+    return _SelectiveScanChunked.apply(u, delta, A, B, C, D, z, delta_bias,
+                                       bool(delta_softplus), bool(return_last_state))

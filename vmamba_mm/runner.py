@@ -1,0 +1,143 @@
+"""Helpers shared by ``tools/train.py`` and ``tools/test.py``.
+
+They turn a config path plus command-line options into a config that mmengine's
+``Runner`` can run for any of our mmdet / mmseg / mmpretrain configs, and fail
+early with a clear message (missing config, unknown scope, missing data) instead
+of deep inside the runner.
+"""
+import glob
+import importlib
+import os
+import os.path as osp
+
+import torch
+
+TASK_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+# Dataset keys holding paths (relative to ``data_root`` unless absolute).
+_PATH_KEYS = ('ann_file', 'data_prefix')
+_REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_config(path, cfg_options=None):
+    """``Config.fromfile`` with a clear error for a missing file, then merge options."""
+    from mmengine.config import Config
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path!r} (cwd: {os.getcwd()})')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def init_scope(cfg):
+    """Register vmamba_mm and the config's task library (``default_scope``).
+
+    Returns:
+        str: the scope, one of ``TASK_SCOPES``.
+    """
+    scope = cfg.get('default_scope')
+    if scope not in TASK_SCOPES:
+        raise ValueError(f'config default_scope is {scope!r}; expected one of {TASK_SCOPES} '
+                         "(inherit an mmdet/mmseg/mmpretrain base config or set default_scope='mmdet')")
+    import vmamba_mm  # noqa: F401  (registers our modules in every task library)
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    return scope
+
+
+def default_work_dir(config_path):
+    """``work_dirs/<config file name without .py>``."""
+    return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def _toy_data_hint():
+    scripts = sorted(glob.glob(osp.join(_REPO_ROOT, 'tools', 'data', 'make_toy_*.py')))
+    gen = ''.join(f'\n    python {osp.relpath(s)} --help' for s in scripts)
+    return ('Generate the toy datasets with the scripts in tools/data/' + (':' + gen if gen else '') +
+            '\n(e.g. python tools/data/make_toy_coco.py --out data/toy_coco), or point the config at '
+            'your data: --cfg-options <split>_dataloader.dataset.data_root=/path/to/data/')
+
+
+def _dataset_paths(dataset, where):
+    """Yield (description, path) for every local path a dataset config needs."""
+    if not isinstance(dataset, dict):
+        return
+    for key in ('dataset', 'datasets'):  # wrappers: RepeatDataset, ConcatDataset, ...
+        inner = dataset.get(key)
+        for i, sub in enumerate(inner if isinstance(inner, (list, tuple)) else [inner]):
+            if sub is not None:
+                yield from _dataset_paths(sub, f'{where}.{key}' + (f'[{i}]' if key == 'datasets' else ''))
+    root = dataset.get('data_root') or ''
+    if root:
+        yield f'{where}.data_root', root
+    for key in _PATH_KEYS:
+        value = dataset.get(key)
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, rel in items:
+            if isinstance(rel, str) and rel:
+                yield f'{where}.{key}' + (f'.{sub}' if sub else ''), osp.join(root, rel)
+
+
+def check_data_paths(cfg, splits):
+    """Raise FileNotFoundError naming the first missing dataset/evaluator path.
+
+    Args:
+        cfg (Config): the full config.
+        splits (Sequence[str]): e.g. ``('train', 'val')`` for training,
+            ``('test',)`` for testing.
+    """
+    needed = []
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if loader is None or (split == 'val' and cfg.get('val_cfg') is None):
+            continue
+        needed += list(_dataset_paths(loader.get('dataset'), f'{split}_dataloader.dataset'))
+        evaluators = cfg.get(f'{split}_evaluator')
+        for i, ev in enumerate(evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]):
+            if isinstance(ev, dict) and isinstance(ev.get('ann_file'), str) and ev['ann_file']:
+                needed.append((f'{split}_evaluator' + (f'[{i}]' if isinstance(evaluators, (list, tuple)) else '')
+                               + '.ann_file', ev['ann_file']))
+    for what, path in needed:
+        if '://' in path:  # remote storage through backend_args: not checked here
+            continue
+        if not osp.exists(path):
+            raise FileNotFoundError(
+                f'data not found: {what} = {path!r} does not exist (cwd: {os.getcwd()}).\n'
+                + _toy_data_hint())
+
+
+def setup_launcher(cfg, launcher):
+    """Set ``cfg.launcher``; on a machine without CUDA, run DDP on gloo over CPU.
+
+    mmengine's ``init_dist`` always calls ``torch.cuda.set_device`` and wraps the
+    model with ``device_ids=[LOCAL_RANK]``, both of which fail without a GPU. On
+    CPU the process group is therefore initialised here with the gloo backend
+    (``env_cfg.dist_cfg.backend = 'gloo'``) and DDP gets ``device_ids=None``.
+    """
+    cfg.launcher = launcher
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if launcher != 'pytorch':
+        raise RuntimeError(f'--launcher {launcher} needs CUDA GPUs; on a CPU-only machine use '
+                           '--launcher pytorch (tools/dist_train.sh / dist_test.sh, gloo backend)')
+    import torch.distributed as dist
+    from datetime import timedelta
+    env_cfg = cfg.get('env_cfg') or {}
+    dist_cfg = dict(env_cfg.get('dist_cfg') or {}, backend='gloo')
+    env_cfg['dist_cfg'] = dist_cfg
+    cfg.env_cfg = env_cfg
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo', timeout=timedelta(seconds=dist_cfg.get('timeout', 1800)))
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def build_runner(cfg):
+    """``Runner.from_cfg`` or the config's ``runner_type``."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
