@@ -3,7 +3,7 @@
 # on mmdet's Swin-T 1x recipe): AdamW lr 1e-4, weight decay 0.05, no weight decay on
 # norm layers, 1000-iteration linear warm-up, lr x0.1 after epochs 8 and 11,
 # batch 16 = 8 GPUs x 2 images (bash tools/dist_train.sh <this config> 8).
-# Paper: 47.3 box AP / 42.7 mask AP, 50M parameters (this config builds 50,279,720).
+# Paper: 47.3 box AP / 42.7 mask AP, 50M parameters (this config builds 49,755,312).
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
 
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)

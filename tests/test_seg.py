@@ -202,7 +202,7 @@ def test_tta_test_path_reports_miou(tmp_path):
         "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
         "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
         "test_dataloader = val_dataloader\n"
-        "model = dict(backbone=dict(arch=dict(depths=(1, 1, 1, 1), dims=8)),\n"
+        "model = dict(backbone=dict(arch=dict(_delete_=True, depths=(1, 1, 1, 1), dims=8)),\n"
         "             decode_head=dict(in_channels=[8, 16, 32, 64], channels=8),\n"
         "             auxiliary_head=dict(in_channels=32, channels=8))\n"
         "img_ratios = [0.5, 1.0]\n"

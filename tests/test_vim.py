@@ -167,7 +167,8 @@ def test_official_checkpoint_at_224_loads_and_runs_at_512x640(tmp_path):
     model.eval()
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 512, 640))
-    assert [tuple(o.shape[-2:]) for o in outs] == [(128, 160), (64, 80), (32, 40), (16, 20)], [o.shape for o in outs]
+    want = [(128, 160), (64, 80), (32, 40), (16, 20)]
+    assert [tuple(o.shape[-2:]) for o in outs] == want
 
 
 def test_checkpoint_that_does_not_fit_is_an_error(tmp_path):
@@ -241,7 +242,9 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_arch_and_options_validation():
-    assert Vim('small').embed_dims == 384 and Vim('tiny').num_layers == 24
+    m = Vim(tiny_arch(layers=1))
+    assert m._parse_arch('small') == dict(embed_dims=384, num_layers=24, d_state=16, expand=2)
+    assert m._parse_arch('base')['embed_dims'] == 768
     with pytest.raises(ValueError, match='unknown arch'):
         Vim('huge')
     with pytest.raises(ValueError, match=r"missing \['expand'\], unknown \['depth'\]"):
@@ -340,6 +343,16 @@ def test_vim_ti_classifier_param_count():
     model = _build(cfg.model, 'mmpretrain')
     assert _count(model) == 7_148_008
     assert _count(model.backbone) == 7_148_008 - 193_000
+    # a reduced copy of the same config trains: loss + backward
+    from mmpretrain.structures import DataSample
+    cfg.model.backbone.arch = tiny_arch(layers=2)
+    cfg.model.head.in_channels = 32
+    model = _build(cfg.model, 'mmpretrain').train()
+    samples = [DataSample().set_gt_label(i) for i in (3, 999)]
+    losses = model.loss(torch.randn(2, 3, 64, 80), samples)
+    losses['loss'].backward()
+    assert torch.isfinite(losses['loss'])
+    assert model.backbone.cls_token.grad.abs().sum() > 0
 
 
 def _to_bn(cfg):
@@ -363,15 +376,19 @@ def _shrink(cfg, width=32):
     _to_bn(cfg.model)
 
 
-@pytest.mark.parametrize('name,params', [('upernet_vim_t_160k_ade20k.py', 12_315_118),
-                                         ('upernet_vim_s_160k_ade20k.py', 45_859_390)])
-def test_upernet_configs_build_with_paper_sizes(name, params):
+# Exact sizes of the configs (UPerHead + FCN auxiliary head included); the paper
+# reports 13M (Vim-Ti) and 46M (Vim-S). The official seg/backbone/vim.py model is the
+# same size to within 400 parameters (it has no class token but keeps norm_f).
+@pytest.mark.parametrize('name,params,paper', [('upernet_vim_t_160k_ade20k.py', 12_311_468, 13e6),
+                                               ('upernet_vim_s_160k_ade20k.py', 45_448_748, 46e6)])
+def test_upernet_configs_build_with_paper_sizes(name, params, paper):
     cfg = _load_cfg(name)
     assert cfg.model.backbone.type == 'Vim' and cfg.custom_imports.imports == ['vmamba_mm']
     assert cfg.optim_wrapper.constructor == 'VimLayerDecayOptimizerConstructor'
     _to_bn(cfg.model)
     model = _build(cfg.model, 'mmseg')
-    assert _count(model) == params  # paper: Vim-Ti 13M, Vim-S 46M
+    assert _count(model) == params
+    assert abs(params - paper) < 0.75e6
 
 
 def test_upernet_vim_loss_backward_and_optimizer():

@@ -1,8 +1,13 @@
 """Benchmark the selective-scan backends on VMamba / Vim shapes.
 
 Prints a table and writes JSON (device, versions, shapes, times, GB/s, ratios).
-On CPU it compares the 'torch' (chunked) backend with the 'reference' per-step
-loop; on CUDA it compares 'triton', 'torch' and mamba_ssm's
+On CPU it compares the 'torch' (chunked) backend with two per-step loops:
+'reference' (this package's loop, ``unbind`` along L) and 'official_loop' (a
+loop written the way the official CPU fallbacks are: mamba_ssm's
+``selective_scan_ref`` and VMamba's ``selective_scan_torch`` precompute
+``exp(delta A)`` and ``delta B u`` as full (batch, dim, L, N) tensors and index
+them at each step, so their backward is O(L^2); it is defined here, in the
+benchmark only). On CUDA it compares 'triton', 'torch' and mamba_ssm's
 ``selective_scan_fn`` when importable, and measures the device's copy
 bandwidth to report the fraction of it that the forward pass reaches.
 
@@ -21,6 +26,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from vmamba_mm.ops import selective_scan  # noqa: E402
@@ -50,12 +56,56 @@ def make_inputs(batch, dim, L, N, G, z, dtype, device):
                 delta_bias=torch.zeros(dim, device=device))
 
 
+def official_style_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                        delta_softplus=False):
+    """Per-step loop structured like the official CPU fallbacks (baseline only).
+
+    Like mamba_ssm's ``selective_scan_ref`` / VMamba's ``selective_scan_torch``:
+    float32 math, B/C repeated to every channel, ``exp(delta A)`` and
+    ``delta B u`` materialised as (batch, dim, L, N), then one indexed step per
+    position. The backward of each ``t[:, :, i]`` scatters into a full-size
+    zero tensor, hence O(L^2 * batch * dim * N) work for the backward pass.
+    """
+    dtype_in = u.dtype
+    u, delta, A = u.float(), delta.float(), A.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, L = u.shape
+    if B.dim() == 3:
+        B, C = B[:, None], C[:, None]
+    rep = dim // B.shape[1]
+    B = B.float().repeat_interleave(rep, dim=1)  # (batch, dim, N, L)
+    C = C.float().repeat_interleave(rep, dim=1)
+    decay = torch.exp(torch.einsum('bdl,dn->bdln', delta, A))
+    drive = torch.einsum('bdl,bdnl,bdl->bdln', delta, B, u)
+    state = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for i in range(L):
+        state = decay[:, :, i] * state + drive[:, :, i]
+        ys.append(torch.einsum('bdn,bdn->bd', state, C[:, :, :, i]))
+    out = torch.stack(ys, dim=2)
+    if D is not None:
+        out = out + u * D.float()[:, None]
+    if z is not None:
+        out = out * F.silu(z.float())
+    return out.to(dtype_in)
+
+
+# The official-style loop's backward does O(L^2 * batch * dim * N) work: it is
+# timed once (no warm-up) and only up to this many element-steps (VMamba-T
+# stage 1 at batch 2 is 7.6e9, about half a minute on one core).
+OFFICIAL_BWD_MAX_WORK = 1.2e10
+
+
 def moved_bytes(batch, dim, L, N, G, z, elem):
     """Minimal HBM traffic: every input read once, every output written once."""
     seq = batch * dim * L * elem
     bc = batch * G * N * L * elem
     fwd = seq * (3 + int(z)) + 2 * bc  # u, delta, (z) in, out; B, C in
-    bwd = seq * (3 + int(z)) + 2 * bc + seq * (2 + int(z)) + 2 * bc  # re-read + dout; du, ddelta, dz, dB, dC
+    # backward: re-read the inputs and dout; write du, ddelta, (dz), dB, dC
+    bwd = seq * (3 + int(z)) + 2 * bc + seq * (2 + int(z)) + 2 * bc
     return fwd, fwd + bwd
 
 
@@ -78,13 +128,17 @@ def timeit(fn, device, reps, warmup):
 
 
 def scan_fn(backend):
+    if backend == 'official_loop':
+        return official_style_loop
     if backend == 'mamba_ssm':
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         return selective_scan_fn
     return lambda *a, **k: selective_scan(*a, **k, backend=backend)
 
 
-def bench_one(backend, inputs, device, reps, warmup):
+def bench_one(backend, inputs, device, reps, warmup, bwd_reps=None, bwd_warmup=None):
+    """(best, median) ms of the forward and of forward+backward; the latter is
+    None when ``bwd_reps == 0``."""
     fn = scan_fn(backend)
     kw = dict(delta_softplus=True)
 
@@ -101,7 +155,10 @@ def bench_one(backend, inputs, device, reps, warmup):
         out = fn(**leaves, **kw)
         out.backward(torch.ones_like(out))
 
-    return timeit(fwd, device, reps, warmup), timeit(fwd_bwd, device, reps, warmup)
+    bwd_reps = reps if bwd_reps is None else bwd_reps
+    bwd_warmup = warmup if bwd_warmup is None else bwd_warmup
+    return (timeit(fwd, device, reps, warmup),
+            timeit(fwd_bwd, device, bwd_reps, bwd_warmup) if bwd_reps else None)
 
 
 def copy_bandwidth(device):
@@ -133,7 +190,7 @@ def main(argv=None):
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     parser.add_argument('--backends', default=None,
-                        help='comma-separated; default: torch,reference on CPU, '
+                        help='comma-separated; default: torch,reference,official_loop on CPU, '
                              'triton,torch,mamba_ssm (if installed) on CUDA')
     parser.add_argument('--reps', type=int, default=5)
     parser.add_argument('--quick', action='store_true', help='1 warm-up and 1 timed run per case')
@@ -157,7 +214,7 @@ def main(argv=None):
         if versions()['mamba_ssm']:
             backends.append('mamba_ssm')
     else:
-        backends = ['torch', 'reference']
+        backends = ['torch', 'reference', 'official_loop']
     reps, warmup = (1, 1) if args.quick else (args.reps, 1)
     dtype = getattr(torch, args.dtype)
     elem = torch.finfo(dtype).bits // 8
@@ -165,45 +222,64 @@ def main(argv=None):
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
         platform.processor() or platform.machine())
     report = dict(device=dev_name, device_type=device.type, versions=versions(),
-                  threads=torch.get_num_threads(), dtype=args.dtype, batch=args.batch,
+                  threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                  load_average_at_start=os.getloadavg(), dtype=args.dtype, batch=args.batch,
                   timing='ms: best and median of `reps` runs after 1 warm-up',
                   reps=reps, results=[])
     if device.type == 'cuda':
         report['copy_bandwidth_GBps'] = copy_bandwidth(device)
 
-    header = (f'{"shape":<13}{"backend":<11}{"fwd ms":>9}{"(med)":>9}{"f+b ms":>10}{"(med)":>10}'
+    header = (f'{"shape":<13}{"backend":<15}{"fwd ms":>9}{"(med)":>9}{"f+b ms":>10}{"(med)":>10}'
               f'{"fwd GB/s":>10}{"f+b GB/s":>10}')
     print(header)
     print('-' * len(header))
+    fmt = lambda v, w: f'{v:{w}.2f}' if v is not None else f'{"-":>{w}}'  # noqa: E731
     for name in names:
         dim, L, N, G, z = SHAPES[name]
         inputs = make_inputs(args.batch, dim, L, N, G, z, dtype, device)
         fwd_bytes, total_bytes = moved_bytes(args.batch, dim, L, N, G, z, elem)
         rows = {}
         for backend in backends:
-            (f_best, f_med), (fb_best, fb_med) = bench_one(backend, inputs, device, reps, warmup)
-            row = dict(shape=name, dim=dim, L=L, N=N, G=G, z=z, backend=backend,
-                       fwd_ms=f_best, fwd_ms_median=f_med, fwd_bwd_ms=fb_best,
+            row = dict(shape=name, dim=dim, L=L, N=N, G=G, z=z, backend=backend)
+            bwd_reps = bwd_warmup = None
+            if backend == 'official_loop':
+                work = args.batch * dim * N * L * L
+                bwd_reps, bwd_warmup = (1, 0) if work <= OFFICIAL_BWD_MAX_WORK else (0, 0)
+                row['fwd_bwd_note'] = (
+                    'one timed run, no warm-up (O(L^2) backward)' if bwd_reps else
+                    f'not run: O(L^2) backward, batch*dim*N*L^2 = {work:.2g} element-steps '
+                    f'> {OFFICIAL_BWD_MAX_WORK:.2g}')
+            (f_best, f_med), fb = bench_one(backend, inputs, device, reps, warmup,
+                                            bwd_reps, bwd_warmup)
+            fb_best, fb_med = fb if fb is not None else (None, None)
+            row.update(fwd_ms=f_best, fwd_ms_median=f_med, fwd_bwd_ms=fb_best,
                        fwd_bwd_ms_median=fb_med,
                        fwd_GBps=fwd_bytes / (f_best * 1e-3) / 1e9,
-                       fwd_bwd_GBps=total_bytes / (fb_best * 1e-3) / 1e9)
+                       fwd_bwd_GBps=total_bytes / (fb_best * 1e-3) / 1e9 if fb else None)
             if 'copy_bandwidth_GBps' in report:
                 row['fwd_fraction_of_copy_bw'] = row['fwd_GBps'] / report['copy_bandwidth_GBps']
             rows[backend] = row
-            print(f'{name:<13}{backend:<11}{f_best:9.2f}{f_med:9.2f}{fb_best:10.2f}{fb_med:10.2f}'
-                  f'{row["fwd_GBps"]:10.2f}{row["fwd_bwd_GBps"]:10.2f}', flush=True)
-        # Speed-up of each backend over every other one (best times).
+            print(f'{name:<13}{backend:<15}{f_best:9.2f}{f_med:9.2f}{fmt(fb_best, 10)}'
+                  f'{fmt(fb_med, 10)}{row["fwd_GBps"]:10.2f}{fmt(row["fwd_bwd_GBps"], 10)}',
+                  flush=True)
+        # Speed-up of each backend over every other one (best times): how many
+        # times faster `backend` is than the key.
         for backend, row in rows.items():
-            row['speedup_fwd'] = {o: r['fwd_ms'] / row['fwd_ms'] for o, r in rows.items() if o != backend}
-            row['speedup_fwd_bwd'] = {o: r['fwd_bwd_ms'] / row['fwd_bwd_ms']
-                                      for o, r in rows.items() if o != backend}
+            row['speedup_fwd'] = {o: r['fwd_ms'] / row['fwd_ms']
+                                  for o, r in rows.items() if o != backend}
+            row['speedup_fwd_bwd'] = {
+                o: r['fwd_bwd_ms'] / row['fwd_bwd_ms'] for o, r in rows.items()
+                if o != backend and r['fwd_bwd_ms'] is not None and row['fwd_bwd_ms'] is not None}
         first = backends[0]
         for other in backends[1:]:
+            fb_ratio = rows[first]['speedup_fwd_bwd'].get(other)
+            fb_text = f'x{fb_ratio:.1f}' if fb_ratio is not None else 'not measured'
             print(f'{"":<13}{first} vs {other}: forward x{rows[first]["speedup_fwd"][other]:.1f}, '
-                  f'forward+backward x{rows[first]["speedup_fwd_bwd"][other]:.1f}')
+                  f'forward+backward {fb_text}')
         report['results'].extend(rows.values())
         del inputs
 
+    report['load_average_at_end'] = os.getloadavg()
     out = args.out or os.path.join('docs', 'benchmarks', f'scan_{device.type}.json')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     with open(out, 'w') as f:

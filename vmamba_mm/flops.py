@@ -116,7 +116,8 @@ def count_flops(model, inputs):
 
     Returns:
         dict: ``flops`` (int, total), ``params`` (int), ``scan_flops`` (int, the
-        selective scans' share), ``by_module`` (dict top-level submodule -> FLOPs),
+        selective scans' share), ``by_module`` (dict top-level submodule -> FLOPs,
+        submodules with none left out),
         ``by_operator`` (dict op -> FLOPs), ``uncounted_ops`` (dict op -> number of
         occurrences of ops counted as 0 FLOPs).
     """
@@ -137,6 +138,7 @@ def count_flops(model, inputs):
             flops = analyzer.total()
             by_operator = dict(analyzer.by_operator())
             by_module = {name: analyzer.total(name) for name, _ in model.named_children()}
+            by_module = {name: f for name, f in by_module.items() if f}
             uncounted = dict(analyzer.unsupported_ops())
     finally:
         model.train(was_training)

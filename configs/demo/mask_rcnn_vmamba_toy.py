@@ -16,7 +16,7 @@ channels = 64  # FPN / RPN / RoI head width (256 in the full model)
 
 model = dict(
     backbone=dict(
-        arch=dict(depths=(1, 1, 2, 1), dims=32, d_state=1, ssm_ratio=1.0, mlp_ratio=2.0),
+        arch=dict(_delete_=True, depths=(1, 1, 2, 1), dims=32, d_state=1, ssm_ratio=1.0, mlp_ratio=2.0),
         drop_path_rate=0.0,
         init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=channels),

@@ -275,7 +275,8 @@ class Vim(BaseModule):
             raise ValueError(f'Vim: unknown out_type {out_type!r}; choose one of {self.OUT_TYPES}')
         self.out_type = out_type
         if patch_size != 16 and out_type == 'featmap':
-            raise ValueError(f'Vim: the featmap pyramid is defined for patch_size 16, got {patch_size}')
+            raise ValueError(f'Vim: the featmap pyramid is defined for patch_size 16, '
+                             f'got {patch_size}')
         self.patch_size = patch_size
         self.in_channels = in_channels
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)

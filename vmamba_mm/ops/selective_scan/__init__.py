@@ -18,9 +18,11 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f'selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}')
     batch, dim, L = u.shape
     if L == 0:
-        raise ValueError(f'selective_scan: empty sequence, u has shape {tuple(u.shape)} (L must be >= 1)')
+        raise ValueError(f'selective_scan: empty sequence, u has shape {tuple(u.shape)} '
+                         f'(L must be >= 1)')
     if delta.shape != u.shape:
-        raise ValueError(f'selective_scan: delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)}')
+        raise ValueError(f'selective_scan: delta shape {tuple(delta.shape)} != '
+                         f'u shape {tuple(u.shape)}')
     if A.is_complex():
         raise TypeError('selective_scan: complex A is not supported (A must be real, (dim, N))')
     if A.dim() != 2 or A.shape[0] != dim:
@@ -43,10 +45,12 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
                          f'{tuple(B.shape)} vs {tuple(C.shape)}')
     G = B.shape[1]
     if G == 0 or dim % G != 0:
-        raise ValueError(f'selective_scan: dim={dim} is not divisible by the group count G={G} of B/C')
+        raise ValueError(f'selective_scan: dim={dim} is not divisible by the group count '
+                         f'G={G} of B/C')
     for name, t in (('D', D), ('delta_bias', delta_bias)):
         if t is not None and tuple(t.shape) != (dim,):
-            raise ValueError(f'selective_scan: {name} must be (dim={dim},), got shape {tuple(t.shape)}')
+            raise ValueError(f'selective_scan: {name} must be (dim={dim},), '
+                             f'got shape {tuple(t.shape)}')
     if z is not None and z.shape != u.shape:
         raise ValueError(f'selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}')
     floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -55,7 +59,8 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
         if t is None:
             continue
         if t.dtype not in floats:
-            raise TypeError(f'selective_scan: {name} has dtype {t.dtype}; expected a floating dtype')
+            raise TypeError(f'selective_scan: {name} has dtype {t.dtype}; '
+                            f'expected a floating dtype')
         if t.device != u.device:
             raise ValueError(f'selective_scan: {name} is on {t.device} but u is on {u.device}')
     return B, C

@@ -77,8 +77,9 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, raw = _delta(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
         bc_mask = mask_n[:, None] & mask_l[None, :]
-        Bt = tl.load(B_ptr + bc_row[:, None] + offs_l[None, :], mask=bc_mask, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + bc_row[:, None] + offs_l[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+        bc_offs = bc_row[:, None] + offs_l[None, :]
+        Bt = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0).to(tl.float32)
         a = tl.exp(dt[:, None, :] * A[:, :, None])
         x = (dt * u)[:, None, :] * Bt[None, :, :]
         a_cum, x_cum = tl.associative_scan((a, x), 2, _first_order)
@@ -110,7 +111,8 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     arange_l = tl.arange(0, BLOCK_L)
     mask_n = offs_n < N
     group = (pid_d * BLOCK_D) // dg
-    dn_off = (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :]  # (BLOCK_D, NP) in (batch, dim, N)
+    # (BLOCK_D, NP) offsets into (batch, dim, N) tensors.
+    dn_off = (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :]
     A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
@@ -141,8 +143,9 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         mask_next = mask & (arange_l < BLOCK_L - 1)[None, :] & ((offs_l + 1) < L)[None, :]
         dt_next, _ = _delta(delta_ptr, bias, offs + 1, mask_next, HAS_BIAS, SOFTPLUS)
         bc_mask = mask_n[:, None] & mask_l[None, :]
-        Bt = tl.load(B_ptr + bc_row[:, None] + offs_l[None, :], mask=bc_mask, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + bc_row[:, None] + offs_l[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+        bc_offs = bc_row[:, None] + offs_l[None, :]
+        Bt = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0).to(tl.float32)
         # Recompute the chunk's states from the stored boundary state.
         h0 = tl.load(states_ptr + state_off + k * N, mask=mask_n[None, :], other=0.0)
         a = tl.exp(dt[:, None, :] * A[:, :, None])
