@@ -108,8 +108,10 @@ def test_make_toy_coco_is_valid_coco(tmp_path):
             assert abs(int(mask.sum()) - ann['area']) <= 0.15 * ann['area'] + 10
             ys, xs = np.nonzero(mask)
             assert xs.min() >= x - 1.5 and xs.max() <= x + w + 1.5
-            # the shape was painted in one colour that differs from its surroundings
-            assert arr[mask.astype(bool)].std(0).max() < 20
+            # the mask covers the painted shape: one flat colour inside (JPEG noise aside)
+            inner = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=2).astype(bool)
+            if inner.sum() > 20:
+                assert arr[inner].std(0).max() < 12
     # fixed seed -> identical dataset; another seed -> a different one
     out2, out3 = str(tmp_path / 'b'), str(tmp_path / 'c')
     py('data/make_toy_coco.py', '--out', out2, '--num-train', 3, '--num-val', 2, '--seed', 3)
@@ -182,7 +184,8 @@ def test_dist_train_two_cpu_processes(toy, tmp_path):
     # 4 images / (2 processes x 2 per process) = 1 iteration per epoch
     assert [r['iter'] for r in records if 'loss' in r] == [1]
     assert any('coco/bbox_mAP' in r for r in records)
-    assert 'Distributed training: True' in out and 'World Size: 2' in out
+    assert 'Distributed training: True' in out and 'GPU number: 2' in out  # world size
+    assert "'backend': 'gloo'" in out
 
 
 def test_errors_are_clear(toy, tmp_path):

@@ -36,7 +36,8 @@ def ss2d_reference(op, x):
     u = torch.einsum('oc,bchw->bohw', op.in_proj.weight, x)
     u = F.silu(F.conv2d(u, op.conv2d.weight, padding=1, groups=D)).flatten(2)  # (B, D, L)
     grid = torch.arange(L).view(H, W)
-    orders = [grid.flatten(), grid.t().flatten(), grid.flatten().flip(0), grid.t().flatten().flip(0)]
+    orders = [grid.flatten(), grid.t().flatten(),
+              grid.flatten().flip(0), grid.t().flatten().flip(0)]
     A = -torch.exp(op.A_logs).view(4, D, N)
     Ds = op.Ds.view(4, D)
     y = x.new_zeros(B, D, L)

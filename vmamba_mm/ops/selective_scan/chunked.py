@@ -40,7 +40,8 @@ class _ChunkLayout:
 
     Sequence position ``l`` is at ``[:, l // T, l % T]``; the ``nc * T - L``
     padded positions come after the sequence, so they never influence it.
-    Conversions are per-batch 2-D transposes.
+    Conversions are per-batch 2-D transposes (PyTorch's blocked transpose copy,
+    faster than one strided 3-D copy).
     """
 
     def __init__(self, L):
@@ -125,13 +126,14 @@ class _SelectiveScanChunked(torch.autograd.Function):
         dg = dim // G
         lay = _ChunkLayout(L)
         nc, T = lay.nc, lay.T
-        dt = delta.to(acc)
+        # Chunked tensors: (batch, nc, T, G, dim // G, N). The padded positions
+        # of dt get softplus(delta_bias): harmless, they come after the sequence.
+        dt_c = lay.to_chunks(delta, acc)
         if delta_bias is not None:
-            dt = dt + delta_bias.to(acc)[:, None]
+            dt_c.add_(delta_bias.to(acc))
         if delta_softplus:
-            dt = F.softplus(dt)
-        # Chunked tensors: (batch, nc, T, G, dim // G, N).
-        dt_c = lay.to_chunks(dt, acc).view(batch, nc, T, G, dg, 1)
+            dt_c = F.softplus(dt_c)
+        dt_c = dt_c.view(batch, nc, T, G, dg, 1)
         u_c = lay.to_chunks(u, acc).view(batch, nc, T, G, dg, 1)
         B_c = lay.to_chunks(B.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
         C_c = lay.to_chunks(C.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
@@ -139,19 +141,22 @@ class _SelectiveScanChunked(torch.autograd.Function):
         h = torch.mul(dt_c, u_c)
         h = h.mul_(B_c) if N == 1 else h * B_c
         _scan_forward_(a, h)
-        y = lay.from_chunks(_sum_state(h * C_c))
+        if return_last_state:
+            c, t = lay.last
+            last = h[:, c, t].reshape(batch, dim, N).clone()
+        # Without gradients the states are not kept: multiply by C in place.
+        grad = any(ctx.needs_input_grad)
+        y = lay.from_chunks(_sum_state(h * C_c if grad else h.mul_(C_c)))
         if D is not None:
             y.addcmul_(u, D.to(acc)[:, None])
         out = y * F.silu(z.to(acc)) if z is not None else y
         ctx.lay, ctx.dims = lay, (batch, dim, L, G, N)
         ctx.delta_softplus = delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, a, h, dt_c, u_c, B_c, C_c,
-                              y if z is not None else None)
+        if grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, a, h, dt_c, u_c, B_c,
+                                  C_c, y if z is not None else None)
         out = out.to(u.dtype)
-        if return_last_state:
-            c, t = lay.last
-            return out, h[:, c, t].reshape(batch, dim, N).clone()
-        return out
+        return (out, last) if return_last_state else out
 
     @staticmethod
     def backward(ctx, dout, dlast=None):
@@ -175,16 +180,20 @@ class _SelectiveScanChunked(torch.autograd.Function):
         if D is not None and needs[5]:
             dD = (dy * u).sum((0, 2)).to(D.dtype)
         dy_c = lay.to_chunks(dy, acc).view(batch, nc, T, G, dg, 1)
+        # Scratch for the products that are reduced right away (fewer large
+        # allocations: on CPU each fresh one costs page faults).
+        tmp = torch.empty_like(h)
         if needs[4]:
-            dC = lay.from_chunks((h * dy_c).sum(4)).view(C.shape).to(C.dtype)
-        g = torch.mul(dy_c, C_c)  # dL/dh through the outputs
+            dC = lay.from_chunks(torch.mul(h, dy_c, out=tmp).sum(4)).view(C.shape).to(C.dtype)
+        # dL/dh through the outputs (dy_c is not used again: reuse it when N == 1).
+        g = dy_c.mul_(C_c) if N == 1 else dy_c * C_c
         if dlast is not None:
             c, t = lay.last
             g[:, c, t] += dlast.to(acc).view(batch, G, dg, N)
         _scan_backward_(a, g)  # adjoint states = dL/dx, x = delta * u * B
-        du_c = torch.mul(dt_c, u_c)
         if needs[3]:
-            dB = lay.from_chunks((g * du_c).sum(4)).view(B.shape).to(B.dtype)
+            du_c = torch.mul(dt_c, u_c, out=tmp) if N == 1 else dt_c * u_c
+            dB = lay.from_chunks(torch.mul(g, du_c, out=tmp).sum(4)).view(B.shape).to(B.dtype)
         ddu = _sum_state(g * B_c)  # dL/d(delta * u)
         # dL/d(delta * A) = g_l * h_{l-1} * a_l, in place over g.
         g[:, :, 1:].mul_(h[:, :, :-1])
@@ -192,7 +201,8 @@ class _SelectiveScanChunked(torch.autograd.Function):
         g[:, 0, 0].zero_()
         g.mul_(a)
         if needs[2]:
-            dA = (g * dt_c).sum((0, 1, 2)).view(dim, N).to(A.dtype)
+            dA = torch.mul(g, dt_c, out=tmp).sum((0, 1, 2)).view(dim, N).to(A.dtype)
+        del tmp
         ddt = _sum_state(g.mul_(A.to(acc).view(G, dg, N)))
         ddt.addcmul_(ddu, _sum_state(u_c))
         if needs[0]:
@@ -203,10 +213,12 @@ class _SelectiveScanChunked(torch.autograd.Function):
         if needs[1] or needs[7]:
             ddt = lay.from_chunks(ddt).view(batch, dim, L)
             if ctx.delta_softplus:
-                pre = delta.to(acc)
+                # d softplus(x) / dx = sigmoid(x), x = delta + delta_bias (fresh buffer).
                 if delta_bias is not None:
-                    pre = pre + delta_bias.to(acc)[:, None]
-                ddt.mul_(torch.sigmoid(pre))
+                    sig = torch.add(delta.to(acc), delta_bias.to(acc)[:, None]).sigmoid_()
+                else:
+                    sig = torch.sigmoid(delta.to(acc))
+                ddt.mul_(sig)
             if needs[1]:
                 ddelta = ddt.to(delta.dtype)
             if delta_bias is not None and needs[7]:
