@@ -21,6 +21,8 @@ SEG_CONFIGS = {
     's': ('small', 0.3, [96, 192, 384, 768], 'vssm_small_0229_ckpt_epoch_222.pth', 82),
     'b': ('base', 0.6, [128, 256, 512, 1024], 'vssm_base_0229_ckpt_epoch_237.pth', 122),
 }
+# What the configs build (backbone + UPerHead + FCN auxiliary head); regression values.
+EXACT_PARAMS = {'t': 61_902_572, 's': 81_801_260, 'b': 122_069_292}
 RELEASES = 'https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/'
 TTA_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
@@ -97,6 +99,7 @@ def test_seg_param_counts_match_paper(size):
     params = sum(p.numel() for p in model.parameters())
     print(f'UperNet VMamba-{size.upper()}: {params:,} parameters (paper {paper_m}M)')
     assert round(params / 1e6) == paper_m
+    assert params == EXACT_PARAMS[size]
 
 
 def test_upernet_vmamba_loss_backward():

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+import vmamba_mm  # noqa: F401  (lets torch.load(weights_only=True) read mmengine checkpoints)
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'mask_rcnn_vmamba_toy.py')
 MAKE_TOY = osp.join(ROOT, 'tools', 'data', 'make_toy_coco.py')
@@ -211,7 +213,6 @@ def test_errors_are_clear(toy, tmp_path):
 
 
 def test_weights_only_load_of_mmengine_checkpoint(trained):
-    import vmamba_mm  # noqa: F401  (registers the safe globals)
     from mmengine.logging import HistoryBuffer
     ckpt = torch.load(osp.join(trained['work'], 'epoch_2.pth'), map_location='cpu',
                       weights_only=True)
@@ -230,3 +231,27 @@ class _GetattrOnOrderedDict:
 
     def __reduce__(self):
         return getattr, (OrderedDict, 'fromkeys')
+
+
+def test_runner_helpers_reject_bad_configs(tmp_path):
+    from mmengine.config import Config
+
+    from vmamba_mm.runner import check_data_paths, task_scope
+    with pytest.raises(ValueError, match="default_scope is None"):
+        task_scope(Config(dict(model=dict(type='MaskRCNN'))))
+    assert task_scope(Config(dict(default_scope='mmseg'))) == 'mmseg'
+    root = str(tmp_path)
+    cfg = Config(dict(
+        val_cfg=dict(type='ValLoop'),
+        val_dataloader=dict(dataset=dict(type='RepeatDataset', times=2, dataset=dict(
+            data_root=root, ann_file='ann.json', data_prefix=dict(img='imgs/'))))))
+    with pytest.raises(FileNotFoundError, match='val_dataloader.dataset.dataset.ann_file'):
+        check_data_paths(cfg, ('train', 'val'))
+    (tmp_path / 'ann.json').write_text('{}')
+    with pytest.raises(FileNotFoundError, match=r"data_prefix.img = '.*imgs/'"):
+        check_data_paths(cfg, ('val',))
+    (tmp_path / 'imgs').mkdir()
+    check_data_paths(cfg, ('train', 'val'))  # all present: no error
+    cfg.val_evaluator = dict(type='CocoMetric', ann_file=str(tmp_path / 'missing.json'))
+    with pytest.raises(FileNotFoundError, match='val_evaluator.ann_file'):
+        check_data_paths(cfg, ('val',))

@@ -194,15 +194,17 @@ def main(argv=None):
                              'triton,torch,mamba_ssm (if installed) on CUDA')
     parser.add_argument('--reps', type=int, default=5)
     parser.add_argument('--quick', action='store_true', help='1 warm-up and 1 timed run per case')
-    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads on CPU')
+    parser.add_argument('--threads', default=None,
+                        help='comma-separated torch.set_num_threads values on CPU, each '
+                             'measured in turn (default: the current setting)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', default=None,
                         help='JSON path (default docs/benchmarks/scan_<device>.json)')
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = ([int(t) for t in args.threads.split(',') if t] if args.threads
+                     else [torch.get_num_threads()])
     names = [s for s in args.shapes.split(',') if s]
     unknown = [s for s in names if s not in SHAPES]
     if unknown:
@@ -222,25 +224,28 @@ def main(argv=None):
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
         platform.processor() or platform.machine())
     report = dict(device=dev_name, device_type=device.type, versions=versions(),
-                  threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                  threads=thread_counts, cpu_count=os.cpu_count(),
                   load_average_at_start=os.getloadavg(), dtype=args.dtype, batch=args.batch,
                   timing='ms: best and median of `reps` runs after 1 warm-up',
-                  reps=reps, results=[])
+                  reps=reps, results=[], torch_speedup=[])
     if device.type == 'cuda':
         report['copy_bandwidth_GBps'] = copy_bandwidth(device)
 
-    header = (f'{"shape":<13}{"backend":<15}{"fwd ms":>9}{"(med)":>9}{"f+b ms":>10}{"(med)":>10}'
+    header = (f'{"shape":<13}{"thr":>3} {"backend":<15}{"fwd ms":>9}{"(med)":>9}{"f+b ms":>10}{"(med)":>10}'
               f'{"fwd GB/s":>10}{"f+b GB/s":>10}')
     print(header)
     print('-' * len(header))
     fmt = lambda v, w: f'{v:{w}.2f}' if v is not None else f'{"-":>{w}}'  # noqa: E731
-    for name in names:
+    for threads, name in [(t, n) for t in thread_counts for n in names]:
+        if device.type == 'cpu':
+            torch.set_num_threads(threads)
         dim, L, N, G, z = SHAPES[name]
         inputs = make_inputs(args.batch, dim, L, N, G, z, dtype, device)
         fwd_bytes, total_bytes = moved_bytes(args.batch, dim, L, N, G, z, elem)
         rows = {}
         for backend in backends:
-            row = dict(shape=name, dim=dim, L=L, N=N, G=G, z=z, backend=backend)
+            row = dict(shape=name, dim=dim, L=L, N=N, G=G, z=z, backend=backend,
+                       threads=threads)
             bwd_reps = bwd_warmup = None
             if backend == 'official_loop':
                 work = args.batch * dim * N * L * L
@@ -258,8 +263,9 @@ def main(argv=None):
                        fwd_bwd_GBps=total_bytes / (fb_best * 1e-3) / 1e9 if fb else None)
             if 'copy_bandwidth_GBps' in report:
                 row['fwd_fraction_of_copy_bw'] = row['fwd_GBps'] / report['copy_bandwidth_GBps']
+            row['load_average_1min'] = os.getloadavg()[0]
             rows[backend] = row
-            print(f'{name:<13}{backend:<15}{f_best:9.2f}{f_med:9.2f}{fmt(fb_best, 10)}'
+            print(f'{name:<13}{threads:>3} {backend:<15}{f_best:9.2f}{f_med:9.2f}{fmt(fb_best, 10)}'
                   f'{fmt(fb_med, 10)}{row["fwd_GBps"]:10.2f}{fmt(row["fwd_bwd_GBps"], 10)}',
                   flush=True)
         # Speed-up of each backend over every other one (best times): how many
@@ -274,9 +280,16 @@ def main(argv=None):
         for other in backends[1:]:
             fb_ratio = rows[first]['speedup_fwd_bwd'].get(other)
             fb_text = f'x{fb_ratio:.1f}' if fb_ratio is not None else 'not measured'
-            print(f'{"":<13}{first} vs {other}: forward x{rows[first]["speedup_fwd"][other]:.1f}, '
+            print(f'{"":<17}{first} vs {other}: forward x{rows[first]["speedup_fwd"][other]:.1f}, '
                   f'forward+backward {fb_text}')
         report['results'].extend(rows.values())
+        if 'torch' in rows and len(rows) > 1:
+            tr = rows['torch']
+            report['torch_speedup'].append(dict(
+                shape=name, threads=threads,
+                **{f'vs_{o}': dict(fwd=tr['speedup_fwd'][o],
+                                   fwd_bwd=tr['speedup_fwd_bwd'].get(o))
+                   for o in rows if o != 'torch'}))
         del inputs
 
     report['load_average_at_end'] = os.getloadavg()

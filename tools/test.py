@@ -20,7 +20,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.config import DictAction  # noqa: E402
 
 from vmamba_mm.runner import (build_runner, check_data_paths, default_work_dir,  # noqa: E402
-                              init_scope, load_config, setup_launcher)
+                              load_config, register_scope, setup_launcher, task_scope)
 
 
 def parse_args(argv=None):
@@ -75,7 +75,7 @@ def enable_tta(cfg):
 def prepare(args):
     """The config to run, checked (config, scope, checkpoint, data paths, launcher)."""
     cfg = load_config(args.config, args.cfg_options)
-    scope = init_scope(cfg)
+    scope = task_scope(cfg)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
@@ -87,6 +87,7 @@ def prepare(args):
     if args.tta:
         enable_tta(cfg)
     check_data_paths(cfg, ('test',))
+    register_scope(scope)
     setup_launcher(cfg, args.launcher)
     return cfg, scope
 

@@ -21,7 +21,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.config import DictAction  # noqa: E402
 
 from vmamba_mm.runner import (build_runner, check_data_paths, default_work_dir,  # noqa: E402
-                              init_scope, load_config, setup_launcher)
+                              load_config, register_scope, setup_launcher, task_scope)
 
 
 def parse_args(argv=None):
@@ -60,9 +60,9 @@ def enable_amp(cfg):
 
 
 def prepare(args):
-    """The config to run, checked (config, scope, data paths, launcher, amp)."""
+    """The config to run, checked (config, scope, amp, data paths, launcher)."""
     cfg = load_config(args.config, args.cfg_options)
-    init_scope(cfg)
+    scope = task_scope(cfg)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
     if args.amp:
         enable_amp(cfg)
@@ -73,6 +73,7 @@ def prepare(args):
             raise FileNotFoundError(f'--resume checkpoint not found: {args.resume!r}')
         cfg.resume, cfg.load_from = True, args.resume
     check_data_paths(cfg, ('train', 'val'))
+    register_scope(scope)
     setup_launcher(cfg, args.launcher)
     return cfg
 

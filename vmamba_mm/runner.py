@@ -29,19 +29,19 @@ def load_config(path, cfg_options=None):
     return cfg
 
 
-def init_scope(cfg):
-    """Register vmamba_mm and the config's task library (``default_scope``).
-
-    Returns:
-        str: the scope, one of ``TASK_SCOPES``.
-    """
+def task_scope(cfg):
+    """The config's ``default_scope``, checked to be one of ``TASK_SCOPES``."""
     scope = cfg.get('default_scope')
     if scope not in TASK_SCOPES:
         raise ValueError(f'config default_scope is {scope!r}; expected one of {TASK_SCOPES} '
                          "(inherit an mmdet/mmseg/mmpretrain base config or set default_scope='mmdet')")
+    return scope
+
+
+def register_scope(scope):
+    """Register vmamba_mm and all modules of the task library ``scope``."""
     import vmamba_mm  # noqa: F401  (registers our modules in every task library)
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
-    return scope
 
 
 def default_work_dir(config_path):

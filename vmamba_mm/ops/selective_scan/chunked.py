@@ -40,8 +40,8 @@ class _ChunkLayout:
 
     Sequence position ``l`` is at ``[:, l // T, l % T]``; the ``nc * T - L``
     padded positions come after the sequence, so they never influence it.
-    Conversions are per-batch 2-D transposes (PyTorch's blocked transpose copy,
-    faster than one strided 3-D copy).
+    Conversions are per-batch 2-D transposes (PyTorch has a blocked copy for
+    those; one strided 3-D copy was slower for most shapes here).
     """
 
     def __init__(self, L):
