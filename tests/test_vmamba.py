@@ -95,12 +95,15 @@ def test_dense_parameter_count_matches_official():
 
 def test_classifier_parameter_count_matches_official():
     # VSSM with a 1000-way head: the last stage's norm is classifier.norm.
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
-    model = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='VMamba', arch='tiny', out_indices=(3,)),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=1000, in_channels=768)))
+    # Explicit scope: another test may have left a different global default scope.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='VMamba', arch='tiny', out_indices=(3,)),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=1000, in_channels=768)))
     assert sum(p.numel() for p in model.parameters()) == 30_249_064
 
 
