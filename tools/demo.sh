@@ -40,8 +40,8 @@ if not files:
 tiles = [cv2.imread(f) for f in files]
 h = max(t.shape[0] for t in tiles)
 w = max(t.shape[1] for t in tiles)
-tiles = [cv2.copyMakeBorder(t, 0, h - t.shape[0], 0, w - t.shape[1], cv2.BORDER_CONSTANT,
-                            value=(255, 255, 255)) for t in tiles]
+tiles = [cv2.copyMakeBorder(t, 0, h - t.shape[0] + 12, 0, w - t.shape[1] + 12,
+                            cv2.BORDER_CONSTANT, value=(255, 255, 255)) for t in tiles]
 tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % 2)
 rows = [np.concatenate(tiles[i:i + 2], 1) for i in range(0, len(tiles), 2)]
 cv2.imwrite(osp.join(work, 'predictions.png'), np.concatenate(rows, 0))

@@ -15,6 +15,7 @@ names are positions in an ``nn.Sequential`` with placeholder layers; the officia
 checkpoints are mapped onto ours by :func:`convert_official_vmamba`.
 """
 import math
+import os
 import re
 
 import torch
@@ -26,6 +27,9 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..ops import cross_merge, cross_scan, selective_scan
+from ..ops.cross_scan.functions import cross_merge_time_major, cross_scan_time_major
+from ..ops.selective_scan import ENV_BACKEND
+from ..ops.selective_scan.chunked import selective_scan_time_major
 from ..registry import register_model
 from .checkpoint import load_pretrained
 
@@ -126,10 +130,19 @@ class SS2D(nn.Module):
                           .expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
+    def _time_major_inference(self, x):
+        """Whether to take the inference fast path: CPU 'torch' backends, no autograd."""
+        if x.is_cuda or (os.environ.get(ENV_BACKEND) or 'torch') != 'torch':
+            return False
+        return not (torch.is_grad_enabled()
+                    and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+
     def forward(self, x):
         B, _, H, W = x.shape
         K, D, N, R, L = self.num_directions, self.d_inner, self.d_state, self.dt_rank, H * W
         x = self.act(self.conv2d(self.in_proj(x)))
+        if self._time_major_inference(x):
+            return self._forward_time_major(x)
         xs = cross_scan(x)  # (B, K, D, L)
         # Per-direction projections as batched matmuls over (B, K): no layout copies.
         x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
@@ -142,6 +155,26 @@ class SS2D(nn.Module):
             delta_softplus=True)
         y = cross_merge(ys.view(B, K, D, H, W))
         return self.out_proj(self.out_norm(y))
+
+    def _forward_time_major(self, x):
+        """Inference on the CPU 'torch' backends, time-major (B, L, K, D) throughout.
+
+        Same computation as :meth:`forward`, but the scan inputs are built from
+        the channels-last activations by whole-row copies and the scan runs on
+        them directly (:func:`selective_scan_time_major`): none of the
+        (channels, L) <-> (L, channels) transposes of the general path.
+        """
+        B, D, H, W = x.shape
+        K, N, R, L = self.num_directions, self.d_state, self.dt_rank, H * W
+        xs = cross_scan_time_major(x.permute(0, 2, 3, 1).contiguous())  # (B, L, K, D)
+        x_dbl = torch.einsum('blkd,kcd->blkc', xs, self.x_proj_weight)  # (B, L, K, R + 2N)
+        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=3)
+        dts = torch.einsum('blkr,kdr->blkd', dts, self.dt_projs_weight)  # (B, L, K, D)
+        ys = selective_scan_time_major(
+            xs.view(B, L, K * D), dts, -torch.exp(_fp32(self.A_logs)), Bs, Cs, _fp32(self.Ds),
+            delta_bias=_fp32(self.dt_projs_bias).view(-1), delta_softplus=True)
+        y = cross_merge_time_major(ys.view(B, L, K, D), H, W).to(x.dtype)  # (B, H, W, D)
+        return self.out_proj(self.out_norm(y.permute(0, 3, 1, 2)))
 
 
 class Mlp(nn.Module):
@@ -269,7 +302,19 @@ class VMamba(BaseModule):
         for i in out_indices:
             self.add_module(f'outnorm{i}', LayerNorm2d(self.dims[i]))
         self.apply(self._init_linear_and_norm)
+        self._channels_last_conv_weights()
         self._freeze_stages()
+
+    def _channels_last_conv_weights(self):
+        # Same shapes and values, channels-last memory: the activations are
+        # channels-last, and on CPU oneDNN would otherwise reorder each weight on
+        # every call (up to 3x the convolution itself for the last downsampling).
+        # In-place initialisation and checkpoint loading keep this memory format.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight = nn.Parameter(
+                    m.weight.detach().contiguous(memory_format=torch.channels_last),
+                    requires_grad=m.weight.requires_grad)
 
     @staticmethod
     def _parse_arch(arch):

@@ -50,3 +50,27 @@ class CrossMerge(torch.autograd.Function):
     def backward(ctx, grad):
         B, C, H, W = grad.shape
         return CrossScan.apply(grad).view(B, 4, C, H, W)
+
+
+def cross_scan_time_major(x):
+    """Inference helper: (B, H, W, C) contiguous -> (B, H * W, 4, C) (time-major).
+
+    ``out[:, l, k]`` is position ``l`` of scan order ``k`` (the orders of
+    :func:`cross_scan`); every copy moves whole contiguous channel rows.
+    """
+    B, H, W, C = x.shape
+    out = x.new_empty(B, H * W, 4, C)
+    out[:, :, 0] = x.reshape(B, H * W, C)
+    out[:, :, 1].view(B, W, H, C).copy_(x.transpose(1, 2))
+    out[:, :, 2:] = out[:, :, :2].flip(1)
+    return out
+
+
+def cross_merge_time_major(ys, H, W):
+    """Inference helper: (B, H * W, 4, C) -> (B, H, W, C) contiguous, the adjoint
+    of :func:`cross_scan_time_major` (as :func:`cross_merge` is of :func:`cross_scan`)."""
+    B, L, K, C = ys.shape
+    both = ys[:, :, :2] + ys[:, :, 2:].flip(1)  # (B, L, 2, C): row-major and column-major
+    out = torch.add(both[:, :, 0].reshape(B, H, W, C),
+                    both[:, :, 1].reshape(B, W, H, C).transpose(1, 2))
+    return out.contiguous()

@@ -71,6 +71,21 @@ class _ChunkLayout:
         return out
 
 
+def _softplus_(x, threshold=20.0):
+    """softplus(x) = log(1 + exp(x)), overwriting ``x`` (returns it).
+
+    About 3x faster on CPU than ``F.softplus`` (whose log1p is not vectorised):
+    ``log1p(u)`` is ``log(w) - e / w`` with ``w = 1 + u`` rounded and ``e`` its
+    rounding error, exact to a few ulps for every u >= 0. Above ``threshold`` the
+    excess ``x - threshold`` is added to softplus(threshold) (so +-inf work).
+    """
+    u = torch.clamp(x, max=threshold).exp_()
+    out = x.sub_(threshold).clamp_(min=0)
+    w = u + 1.0
+    err = (w - 1.0).sub_(u)
+    return out.add_(w.log()).sub_(err.div_(w))
+
+
 def _scan_forward_(a, h):
     """In place: h <- states of h_l = a_l h_{l-1} + x_l (x given in h), (batch, nc, T, ...)."""
     nc, T = a.shape[1:3]
@@ -111,6 +126,16 @@ def _scan_backward_(a, g):
     return g
 
 
+def _states(dt_c, u_c, A, B_c):
+    """Decays and states of the chunked tensors (batch, nc, T, G, dim // G, 1 or N)."""
+    G, dg = dt_c.shape[3:5]
+    N = A.shape[1]
+    a = torch.mul(dt_c, A.to(dt_c.dtype).view(G, dg, N)).exp_()
+    h = torch.mul(dt_c, u_c)
+    h = h.mul_(B_c) if N == 1 else h * B_c
+    return a, _scan_forward_(a, h)
+
+
 def _sum_state(x):
     """Sum over the trailing state dim N (a free squeeze when N == 1)."""
     return x.squeeze(-1) if x.shape[-1] == 1 else x.sum(-1)
@@ -132,15 +157,12 @@ class _SelectiveScanChunked(torch.autograd.Function):
         if delta_bias is not None:
             dt_c.add_(delta_bias.to(acc))
         if delta_softplus:
-            dt_c = F.softplus(dt_c)
+            dt_c = _softplus_(dt_c)
         dt_c = dt_c.view(batch, nc, T, G, dg, 1)
         u_c = lay.to_chunks(u, acc).view(batch, nc, T, G, dg, 1)
         B_c = lay.to_chunks(B.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
         C_c = lay.to_chunks(C.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
-        a = torch.mul(dt_c, A.to(acc).view(G, dg, N)).exp_()
-        h = torch.mul(dt_c, u_c)
-        h = h.mul_(B_c) if N == 1 else h * B_c
-        _scan_forward_(a, h)
+        a, h = _states(dt_c, u_c, A, B_c)
         if return_last_state:
             c, t = lay.last
             last = h[:, c, t].reshape(batch, dim, N).clone()
@@ -236,3 +258,55 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """
     return _SelectiveScanChunked.apply(u, delta, A, B, C, D, z, delta_bias,
                                        bool(delta_softplus), bool(return_last_state))
+
+
+def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """Inference-only chunked scan on time-major tensors (no layout transposes).
+
+    Private fast path for VMamba's SS2D on the 'torch' backend, which produces
+    its scan inputs time-major; same numerics as :func:`selective_scan_chunked`
+    without ``z`` and the last state. No autograd: raises if a gradient is needed.
+
+    Args:
+        u, delta (Tensor): (batch, L, dim).
+        A (Tensor): (dim, N).
+        B, C (Tensor): (batch, L, G, N), dim divisible by G.
+        D, delta_bias (Tensor, optional): (dim,).
+        delta_softplus (bool): softplus on ``delta + delta_bias``.
+
+    Returns:
+        Tensor: (batch, L, dim), float32 (float64 for float64 inputs).
+    """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (u, delta, A, B, C, D, delta_bias)):
+        raise RuntimeError('selective_scan_time_major is inference-only: call it under '
+                           'torch.no_grad() or use selective_scan')
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, L, dim = u.shape
+    G, N = B.shape[2:]
+    lay = _ChunkLayout(L)
+    shape = (batch, lay.nc, lay.T, G, dim // G)
+
+    def chunks(x, fresh=False):
+        """(batch, L, ...) -> (batch, Lp, C) in ``acc`` (a copy only if padded, cast or ``fresh``)."""
+        x = x.reshape(batch, L, -1)
+        if lay.Lp == L and x.dtype == acc and not fresh:
+            return x
+        out = x.new_zeros(batch, lay.Lp, x.shape[2], dtype=acc)
+        out[:, :L] = x
+        return out
+
+    dt_c = chunks(delta, fresh=delta_bias is None)
+    if delta_bias is not None:
+        dt_c = dt_c + delta_bias.to(acc)
+    if delta_softplus:
+        dt_c = _softplus_(dt_c)
+    dt_c = dt_c.view(*shape, 1)
+    u_c = chunks(u).view(*shape, 1)
+    B_c = chunks(B).view(*shape[:4], 1, N)
+    C_c = chunks(C).view(*shape[:4], 1, N)
+    _, h = _states(dt_c, u_c, A, B_c)
+    y = _sum_state(h.mul_(C_c)).reshape(batch, lay.Lp, dim)[:, :L]
+    if D is not None:
+        y.addcmul_(u, D.to(acc))
+    return y
