@@ -34,7 +34,7 @@ def last_metrics(work_dir):
     assert len(files) == 1, files
     with open(files[0]) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    evals = [r for r in records if not any(k == 'loss' for k in r)]
+    evals = [r for r in records if 'loss' not in r]
     assert evals, records
     return records, evals[-1]
 

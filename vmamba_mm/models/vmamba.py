@@ -169,10 +169,14 @@ class SS2D(nn.Module):
         xs = cross_scan_time_major(x.permute(0, 2, 3, 1).contiguous())  # (B, L, K, D)
         x_dbl = torch.einsum('blkd,kcd->blkc', xs, self.x_proj_weight)  # (B, L, K, R + 2N)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=3)
-        dts = torch.einsum('blkr,kdr->blkd', dts, self.dt_projs_weight)  # (B, L, K, D)
+        # All directions' dt projections (and the dt bias) as one matrix product
+        # with a block-diagonal weight: the (B, L, K * D) result is already in
+        # the scan's layout. Float32 bias as in the general path.
+        dts = F.linear(dts.reshape(B, L, K * R), torch.block_diag(*self.dt_projs_weight),
+                       self.dt_projs_bias.view(-1))
         ys = selective_scan_time_major(
-            xs.view(B, L, K * D), dts, -torch.exp(_fp32(self.A_logs)), Bs, Cs, _fp32(self.Ds),
-            delta_bias=_fp32(self.dt_projs_bias).view(-1), delta_softplus=True)
+            xs.view(B, L, K * D), _fp32(dts), -torch.exp(_fp32(self.A_logs)), Bs, Cs,
+            _fp32(self.Ds), delta_softplus=True)
         y = cross_merge_time_major(ys.view(B, L, K, D), H, W).to(x.dtype)  # (B, H, W, D)
         return self.out_proj(self.out_norm(y.permute(0, 3, 1, 2)))
 

@@ -80,10 +80,9 @@ def _softplus_(x, threshold=20.0):
     excess ``x - threshold`` is added to softplus(threshold) (so +-inf work).
     """
     u = torch.clamp(x, max=threshold).exp_()
-    out = x.sub_(threshold).clamp_(min=0)
     w = u + 1.0
-    err = (w - 1.0).sub_(u)
-    return out.add_(w.log()).sub_(err.div_(w))
+    err_w = (w - 1.0).sub_(u).div_(w)  # exact rounding error of w, over w
+    return x.sub_(threshold).clamp_(min=0).sub_(err_w).add_(w.log_())
 
 
 def _scan_forward_(a, h):
