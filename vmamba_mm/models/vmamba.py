@@ -131,8 +131,10 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _time_major_inference(self, x):
-        """Whether to take the inference fast path: CPU 'torch' backends, no autograd."""
-        if x.is_cuda or (os.environ.get(ENV_BACKEND) or 'torch') != 'torch':
+        """Whether to take the inference fast path: CPU 'torch' backends, no autograd,
+        not traced (FLOP counting and export see the general path)."""
+        if (x.is_cuda or torch.jit.is_tracing()
+                or (os.environ.get(ENV_BACKEND) or 'torch') != 'torch'):
             return False
         return not (torch.is_grad_enabled()
                     and (x.requires_grad or any(p.requires_grad for p in self.parameters())))

@@ -265,9 +265,10 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_
     Private fast path for VMamba's SS2D on the 'torch' backend, which produces
     its scan inputs time-major; same numerics as :func:`selective_scan_chunked`
     without ``z`` and the last state. No autograd: raises if a gradient is needed.
+    ``delta`` is overwritten (the caller passes a tensor it owns).
 
     Args:
-        u, delta (Tensor): (batch, L, dim).
+        u, delta (Tensor): (batch, L, dim) contiguous.
         A (Tensor): (dim, N).
         B, C (Tensor): (batch, L, G, N), dim divisible by G.
         D, delta_bias (Tensor, optional): (dim,).
@@ -286,18 +287,18 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_
     lay = _ChunkLayout(L)
     shape = (batch, lay.nc, lay.T, G, dim // G)
 
-    def chunks(x, fresh=False):
-        """(batch, L, ...) -> (batch, Lp, C) in ``acc`` (a copy only if padded, cast or ``fresh``)."""
+    def chunks(x):
+        """(batch, L, ...) -> (batch, Lp, C) in ``acc`` (a copy only if padded or cast)."""
         x = x.reshape(batch, L, -1)
-        if lay.Lp == L and x.dtype == acc and not fresh:
+        if lay.Lp == L and x.dtype == acc:
             return x
         out = x.new_zeros(batch, lay.Lp, x.shape[2], dtype=acc)
         out[:, :L] = x
         return out
 
-    dt_c = chunks(delta, fresh=delta_bias is None)
+    dt_c = chunks(delta)
     if delta_bias is not None:
-        dt_c = dt_c + delta_bias.to(acc)
+        dt_c.add_(delta_bias.to(acc))
     if delta_softplus:
         dt_c = _softplus_(dt_c)
     dt_c = dt_c.view(*shape, 1)
