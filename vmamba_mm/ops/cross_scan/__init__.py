@@ -6,24 +6,10 @@ autograd Functions pairing scan and merge as adjoints) and 'triton'
 ``VMAMBA_MM_SCAN_BACKEND`` if set (it also drives ``selective_scan``), else
 'triton' for CUDA tensors and 'torch' otherwise.
 """
-import os
-
 import torch
 
 from .naive import cross_merge_naive, cross_scan_naive
-
-BACKENDS = ('reference', 'torch', 'triton')
-ENV_BACKEND = 'VMAMBA_MM_SCAN_BACKEND'
-
-
-def _pick_backend(fn, backend, t):
-    backend = backend or os.environ.get(ENV_BACKEND) or None
-    if backend is None:
-        return 'triton' if t.is_cuda else 'torch'
-    if backend not in BACKENDS:
-        raise ValueError(f'{fn}: unknown backend {backend!r}; choose one of {BACKENDS} '
-                         f'(argument `backend` or environment variable {ENV_BACKEND})')
-    return backend
+from ..backend import BACKENDS, ENV_BACKEND, pick_backend  # noqa: F401
 
 
 def _check_float(fn, name, t):
@@ -56,7 +42,7 @@ def cross_scan(x, backend=None):
     _check_float('cross_scan', 'x', x)
     if x.dim() != 4:
         raise ValueError(f'cross_scan: x must be (B, C, H, W), got shape {tuple(x.shape)}')
-    backend = _pick_backend('cross_scan', backend, x)
+    backend = pick_backend('cross_scan', backend, x)
     if backend == 'reference':
         return cross_scan_naive(x)
     if backend == 'torch':
@@ -80,7 +66,7 @@ def cross_merge(ys, backend=None):
     if ys.dim() != 5 or ys.shape[1] != 4:
         raise ValueError(f'cross_merge: ys must be (B, 4, C, H, W) (K = 4 directions), '
                          f'got shape {tuple(ys.shape)}')
-    backend = _pick_backend('cross_merge', backend, ys)
+    backend = pick_backend('cross_merge', backend, ys)
     if backend == 'reference':
         return cross_merge_naive(ys)
     if backend == 'torch':

@@ -1,12 +1,8 @@
 """The shared selective-scan operator (Mamba-1 S6), one public function."""
-import os
-
 import torch
 
 from .naive import selective_scan_naive
-
-BACKENDS = ('reference', 'torch', 'triton')
-ENV_BACKEND = 'VMAMBA_MM_SCAN_BACKEND'
+from ..backend import BACKENDS, ENV_BACKEND, pick_backend  # noqa: F401
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias):
@@ -66,16 +62,6 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
     return B, C
 
 
-def _pick_backend(backend, u):
-    backend = backend or os.environ.get(ENV_BACKEND) or None
-    if backend is None:
-        return 'triton' if u.is_cuda else 'torch'
-    if backend not in BACKENDS:
-        raise ValueError(f'selective_scan: unknown backend {backend!r}; choose one of {BACKENDS} '
-                         f'(argument `backend` or environment variable {ENV_BACKEND})')
-    return backend
-
-
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend=None):
     """Selective scan with the semantics of mamba_ssm's ``selective_scan_fn``.
@@ -99,7 +85,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Tensor (batch, dim, L) in ``u``'s dtype, and the last state if asked.
     """
     B, C = _check(u, delta, A, B, C, D, z, delta_bias)
-    backend = _pick_backend(backend, u)
+    backend = pick_backend('selective_scan', backend, u)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == 'reference':
         return selective_scan_naive(*args)

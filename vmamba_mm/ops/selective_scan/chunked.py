@@ -62,9 +62,16 @@ class _ChunkLayout:
         return out.view(batch, self.nc, self.T, C)
 
     def from_chunks(self, y):
-        """(batch, nc, T, ...) -> (batch, C, L) with C the product of the trailing dims."""
+        """(batch, nc, T, ...) -> (batch, C, L) with C the product of the trailing dims.
+
+        Without padding this is a transposed view of ``y`` (no copy): the
+        consumers (elementwise ops, cross-merge, the next ``to_chunks``) read it
+        as fast as a contiguous tensor, or faster.
+        """
         batch = y.shape[0]
         y = y.reshape(batch, self.Lp, -1)
+        if self.Lp == self.L:
+            return y.transpose(1, 2)
         out = y.new_empty(batch, y.shape[2], self.L)
         for i in range(batch):
             out[i].copy_(y[i, :self.L].t())
