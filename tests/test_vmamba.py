@@ -256,3 +256,15 @@ def test_bad_config_errors(kwargs, exc, words):
         VMamba(**kwargs)
     for w in words:
         assert w in str(info.value)
+
+
+def test_inference_fast_path_matches_autograd_path():
+    """Under no_grad SS2D takes the time-major path: same features (float64)."""
+    model = VMamba(SMALL_ARCH).double().eval()
+    _randomise(model)
+    x = torch.randn(2, 3, 37, 50, dtype=torch.float64)
+    general = model(x)  # grad enabled: the general path
+    with torch.no_grad():
+        fast = model(x)
+    for g, f in zip(general, fast):
+        torch.testing.assert_close(f, g.detach(), rtol=1e-10, atol=1e-10)

@@ -7,7 +7,9 @@ channels-last memory, so that the LayerNorms and 1x1 projections run as plain
 matrix products); the selective scan is the shared
 :func:`vmamba_mm.ops.selective_scan` (Triton on GPU, chunked PyTorch on CPU), the
 4-direction traversal :func:`vmamba_mm.ops.cross_scan` /
-:func:`vmamba_mm.ops.cross_merge`.
+:func:`vmamba_mm.ops.cross_merge`. Inference on the 'torch' backend (CPU; no
+autograd) takes a time-major fast path with the same numerics
+(:meth:`SS2D._forward_time_major`).
 
 Module and parameter names follow the official code (``layers.{i}.blocks.{j}.op.*``,
 ``outnorm{i}``, ...) except the stem and the downsampling layers, whose official
@@ -15,7 +17,6 @@ names are positions in an ``nn.Sequential`` with placeholder layers; the officia
 checkpoints are mapped onto ours by :func:`convert_official_vmamba`.
 """
 import math
-import os
 import re
 
 import torch
@@ -28,7 +29,7 @@ from mmengine.model import BaseModule
 
 from ..ops import cross_merge, cross_scan, selective_scan
 from ..ops.cross_scan.functions import cross_merge_time_major, cross_scan_time_major
-from ..ops.selective_scan import ENV_BACKEND
+from ..ops.backend import pick_backend
 from ..ops.selective_scan.chunked import selective_scan_time_major
 from ..registry import register_model
 from .checkpoint import load_pretrained
@@ -131,10 +132,10 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _time_major_inference(self, x):
-        """Whether to take the inference fast path: CPU 'torch' backends, no autograd,
-        not traced (FLOP counting and export see the general path)."""
-        if (x.is_cuda or torch.jit.is_tracing()
-                or (os.environ.get(ENV_BACKEND) or 'torch') != 'torch'):
+        """Whether to take the inference fast path: the 'torch' backend (the CPU
+        default), no autograd, not traced (FLOP counting and export see the
+        general path)."""
+        if torch.jit.is_tracing() or pick_backend('SS2D', None, x) != 'torch':
             return False
         return not (torch.is_grad_enabled()
                     and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
@@ -159,7 +160,7 @@ class SS2D(nn.Module):
         return self.out_proj(self.out_norm(y))
 
     def _forward_time_major(self, x):
-        """Inference on the CPU 'torch' backends, time-major (B, L, K, D) throughout.
+        """Inference on the 'torch' backend, time-major (B, L, K, D) throughout.
 
         Same computation as :meth:`forward`, but the scan inputs are built from
         the channels-last activations by whole-row copies and the scan runs on
@@ -173,7 +174,7 @@ class SS2D(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=3)
         # All directions' dt projections (and the dt bias) as one matrix product
         # with a block-diagonal weight: the (B, L, K * D) result is already in
-        # the scan's layout. Float32 bias as in the general path.
+        # the scan's layout (the bias is added in the model's dtype: float32 on CPU).
         dts = F.linear(dts.reshape(B, L, K * R), torch.block_diag(*self.dt_projs_weight),
                        self.dt_projs_bias.view(-1))
         ys = selective_scan_time_major(
