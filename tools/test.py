@@ -11,16 +11,14 @@ Examples::
 The metrics are printed and written to ``<work-dir>/<timestamp>/<timestamp>.json``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from mmengine.config import DictAction  # noqa: E402
-
-from vmamba_mm.runner import (build_runner, check_data_paths, default_work_dir,  # noqa: E402
-                              load_config, register_scope, setup_launcher, task_scope)
+from vmamba_mm.runner import (add_runner_arguments, build_runner, check_data_paths,  # noqa: E402
+                              default_work_dir, load_config, parse_runner_args, register_scope,
+                              setup_launcher, task_scope)
 
 
 def parse_args(argv=None):
@@ -34,15 +32,8 @@ def parse_args(argv=None):
                         '(relative paths are inside <work-dir>/<timestamp>/)')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (needs tta_model and tta_pipeline in the config)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. test_dataloader.batch_size=4')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_arguments(parser)
+    return parse_runner_args(parser, argv)
 
 
 def enable_visualization(cfg, scope, show_dir):

@@ -12,16 +12,14 @@ The task library comes from the config's ``default_scope``. On a machine without
 CUDA, distributed runs use the gloo backend over CPU processes.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from mmengine.config import DictAction  # noqa: E402
-
-from vmamba_mm.runner import (build_runner, check_data_paths, default_work_dir,  # noqa: E402
-                              load_config, register_scope, setup_launcher, task_scope)
+from vmamba_mm.runner import (add_runner_arguments, build_runner, check_data_paths,  # noqa: E402
+                              default_work_dir, load_config, parse_runner_args, register_scope,
+                              setup_launcher, task_scope)
 
 
 def parse_args(argv=None):
@@ -34,16 +32,8 @@ def parse_args(argv=None):
                         'latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision training (AmpOptimWrapper; needs CUDA)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. train_cfg.max_epochs=2')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_arguments(parser)
+    return parse_runner_args(parser, argv)
 
 
 def enable_amp(cfg):

@@ -18,6 +18,24 @@ _PATH_KEYS = ('ann_file', 'data_prefix')
 _REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+def add_runner_arguments(parser):
+    """Arguments shared by tools/train.py and tools/test.py (options, launcher, rank)."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. train_dataloader.batch_size=4')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_runner_args(parser, argv=None):
+    """Parse, and export ``LOCAL_RANK`` for launchers that pass it as an argument."""
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
 def load_config(path, cfg_options=None):
     """``Config.fromfile`` with a clear error for a missing file, then merge options."""
     from mmengine.config import Config
