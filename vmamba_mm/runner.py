@@ -12,7 +12,8 @@ import os.path as osp
 
 import torch
 
-TASK_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+from .registry import TASK_SCOPES
+
 # Dataset keys holding paths (relative to ``data_root`` unless absolute).
 _PATH_KEYS = ('ann_file', 'data_prefix')
 _REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

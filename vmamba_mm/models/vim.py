@@ -35,11 +35,7 @@ from mmengine.model.weight_init import trunc_normal_
 from ..ops import selective_scan
 from ..registry import register_model
 from .checkpoint import load_pretrained
-
-
-def _at_least_fp32(t):
-    """Float32 unless the tensor is float64 (keeps float64 tests exact)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+from .utils import at_least_fp32
 
 
 class RMSNorm(nn.Module):
@@ -54,7 +50,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x = _at_least_fp32(x)
+        x = at_least_fp32(x)
         x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
         return x * self.weight.to(x.dtype)
 
@@ -126,9 +122,9 @@ class BidirectionalMamba(nn.Module):
         dt_w = torch.stack([self.dt_proj.weight, self.dt_proj_b.weight])  # (2, E, R)
         dt = torch.matmul(dt_w, dt).reshape(batch, 2 * E, L)
         # A, D and the time-step bias enter the scan in (at least) float32.
-        A = -torch.exp(_at_least_fp32(torch.cat([self.A_log, self.A_b_log])))
-        D = _at_least_fp32(torch.cat([self.D, self.D_b]))
-        dt_bias = _at_least_fp32(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
+        A = -torch.exp(at_least_fp32(torch.cat([self.A_log, self.A_b_log])))
+        D = at_least_fp32(torch.cat([self.D, self.D_b]))
+        dt_bias = at_least_fp32(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
         y = selective_scan(u, dt, A, B.contiguous(), C.contiguous(), D=D, z=z,
                            delta_bias=dt_bias, delta_softplus=True)
         y_f, y_b = y.chunk(2, dim=1)
@@ -158,9 +154,9 @@ class Block(nn.Module):
 
     def forward(self, hidden, residual=None):
         if residual is None:
-            residual = _at_least_fp32(hidden)
+            residual = at_least_fp32(hidden)
         else:
-            residual = residual + _at_least_fp32(self.drop_path(hidden))
+            residual = residual + at_least_fp32(self.drop_path(hidden))
         return self.mixer(self.norm(residual).to(hidden.dtype)), residual
 
 
@@ -384,7 +380,7 @@ class Vim(BaseModule):
                     break  # later blocks do not contribute
 
         if self.out_type == 'cls_token':
-            residual = residual + _at_least_fp32(self.drop_path(hidden))
+            residual = residual + at_least_fp32(self.drop_path(hidden))
             return (self.norm_f(residual)[:, mid].to(hidden.dtype), )
         pyramid = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
         return tuple(op(feats[i]) for op, i in zip(pyramid, self.out_indices))

@@ -33,6 +33,7 @@ from ..ops.backend import pick_backend
 from ..ops.selective_scan.chunked import selective_scan_time_major
 from ..registry import register_model
 from .checkpoint import load_pretrained
+from .utils import at_least_fp32
 
 # Released configurations (classification/configs/vssm/vmambav2*_224.yaml).
 ARCH_SETTINGS = {
@@ -42,11 +43,6 @@ ARCH_SETTINGS = {
 }
 ARCH_REQUIRED_KEYS = {'depths', 'dims'}
 ARCH_DEFAULTS = dict(d_state=1, ssm_ratio=1.0, mlp_ratio=4.0)
-
-
-def _fp32(t):
-    """``t`` in float32, or float64 if it already is."""
-    return t if t.dtype == torch.float64 else t.float()
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -153,8 +149,8 @@ class SS2D(nn.Module):
         dts = torch.matmul(self.dt_projs_weight, dts)  # (B, K, D, L)
         # A, D and the dt bias enter the scan in (at least) float32, as official.
         ys = selective_scan(
-            xs.reshape(B, K * D, L), dts.reshape(B, K * D, L), -torch.exp(_fp32(self.A_logs)),
-            Bs, Cs, _fp32(self.Ds), delta_bias=_fp32(self.dt_projs_bias).view(-1),
+            xs.reshape(B, K * D, L), dts.reshape(B, K * D, L), -torch.exp(at_least_fp32(self.A_logs)),
+            Bs, Cs, at_least_fp32(self.Ds), delta_bias=at_least_fp32(self.dt_projs_bias).view(-1),
             delta_softplus=True)
         y = cross_merge(ys.view(B, K, D, H, W))
         return self.out_proj(self.out_norm(y))
@@ -178,8 +174,8 @@ class SS2D(nn.Module):
         dts = F.linear(dts.reshape(B, L, K * R), torch.block_diag(*self.dt_projs_weight),
                        self.dt_projs_bias.view(-1))
         ys = selective_scan_time_major(
-            xs.view(B, L, K * D), _fp32(dts), -torch.exp(_fp32(self.A_logs)), Bs, Cs,
-            _fp32(self.Ds), delta_softplus=True)
+            xs.view(B, L, K * D), at_least_fp32(dts), -torch.exp(at_least_fp32(self.A_logs)), Bs, Cs,
+            at_least_fp32(self.Ds), delta_softplus=True)
         y = cross_merge_time_major(ys.view(B, L, K, D), H, W).to(x.dtype)  # (B, H, W, D)
         return self.out_proj(self.out_norm(y.permute(0, 3, 1, 2)))
 

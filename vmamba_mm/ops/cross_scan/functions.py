@@ -25,31 +25,42 @@ def _merge(ys):
     return both[:, 0].view(B, C, H, W) + both[:, 1].view(B, C, W, H).transpose(2, 3)
 
 
-class CrossScan(torch.autograd.Function):
-    """(B, C, H, W) -> (B, 4, C, H * W)."""
+def adjoint_pair(scan_fn, merge_fn, name):
+    """Autograd Functions for a cross-scan / cross-merge implementation pair.
 
-    @staticmethod
-    def forward(ctx, x):
-        ctx.hw = x.shape[2:]
-        return _scan(x)
+    ``scan_fn``: (B, C, H, W) -> (B, 4, C, H * W); ``merge_fn``: (B, 4, C, H, W)
+    -> (B, C, H, W). Each is the other's adjoint, so each Function's backward is
+    the other Function (which also makes double backward work).
+    """
 
-    @staticmethod
-    def backward(ctx, grad):
-        B, K, C, L = grad.shape
-        return CrossMerge.apply(grad.view(B, K, C, *ctx.hw))
+    class Scan(torch.autograd.Function):
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.hw = x.shape[2:]
+            return scan_fn(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            B, K, C, L = grad.shape
+            return Merge.apply(grad.view(B, K, C, *ctx.hw))
+
+    class Merge(torch.autograd.Function):
+
+        @staticmethod
+        def forward(ctx, ys):
+            return merge_fn(ys)
+
+        @staticmethod
+        def backward(ctx, grad):
+            B, C, H, W = grad.shape
+            return Scan.apply(grad).view(B, 4, C, H, W)
+
+    Scan.__name__, Merge.__name__ = f'CrossScan{name}', f'CrossMerge{name}'
+    return Scan, Merge
 
 
-class CrossMerge(torch.autograd.Function):
-    """(B, 4, C, H, W) -> (B, C, H, W), the adjoint of CrossScan."""
-
-    @staticmethod
-    def forward(ctx, ys):
-        return _merge(ys)
-
-    @staticmethod
-    def backward(ctx, grad):
-        B, C, H, W = grad.shape
-        return CrossScan.apply(grad).view(B, 4, C, H, W)
+CrossScan, CrossMerge = adjoint_pair(_scan, _merge, '')
 
 
 def cross_scan_time_major(x):

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .functions import adjoint_pair
+
 
 @triton.jit
 def _tile(pid_h, pid_w, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -89,26 +91,5 @@ def cross_merge_triton_fwd(ys):
     return out
 
 
-class CrossScanTriton(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.hw = x.shape[2:]
-        return cross_scan_triton_fwd(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        B, K, C, L = grad.shape
-        return CrossMergeTriton.apply(grad.view(B, K, C, *ctx.hw))
-
-
-class CrossMergeTriton(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, ys):
-        return cross_merge_triton_fwd(ys)
-
-    @staticmethod
-    def backward(ctx, grad):
-        B, C, H, W = grad.shape
-        return CrossScanTriton.apply(grad).view(B, 4, C, H, W)
+CrossScanTriton, CrossMergeTriton = adjoint_pair(cross_scan_triton_fwd, cross_merge_triton_fwd,
+                                                 'Triton')
