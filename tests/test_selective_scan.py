@@ -373,3 +373,54 @@ def test_triton_kernels_compile_for_gpu():
     res = subprocess.run([sys.executable, '-c', _COMPILE_FOR_SM90], env=env, cwd=root,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and 'compiled' in res.stdout, res.stderr[-3000:]
+
+
+# ------------------------------------------------------ time-major inference path
+# (batch, dim, L, N, G): square and non-square L (chunked body + step-by-step tail).
+TIME_MAJOR_CASES = [(1, 4, 1, 1, 1), (2, 8, 23, 1, 4), (2, 6, 49, 1, 2), (1, 8, 50, 3, 2),
+                    (2, 4, 2, 2, 1), (1, 8, 130, 1, 4)]
+
+
+@pytest.mark.parametrize('case', TIME_MAJOR_CASES, ids=[f'b{c[0]}d{c[1]}L{c[2]}N{c[3]}G{c[4]}'
+                                                        for c in TIME_MAJOR_CASES])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_time_major_inference_matches_reference(case, dtype):
+    """The in-place inference scan on (batch, L, dim) tensors equals the reference loop."""
+    from vmamba_mm.ops.selective_scan.chunked import selective_scan_time_major
+    batch, dim, L, N, G = case
+    kw = {k: v.detach() for k, v in make_inputs(batch, dim, L, N, G, D=True, delta_bias=True,
+                                                 softplus=True, seed=L).items() if v is not None}
+    expected = selective_scan_naive(kw['u'], kw['delta'], kw['A'], kw['B'], kw['C'], kw['D'], None,
+                                    kw['delta_bias'], True, False)
+    tm = {k: v.to(dtype) for k, v in kw.items()}
+    B_tm, C_tm = (tm[k].permute(0, 3, 1, 2) for k in ('B', 'C'))  # (batch, L, G, N), strided
+    delta = tm['delta'].transpose(1, 2).contiguous()
+    out = selective_scan_time_major(tm['u'].transpose(1, 2), delta, tm['A'], B_tm, C_tm, tm['D'],
+                                    delta_bias=tm['delta_bias'], delta_softplus=True)
+    assert out.shape == (batch, L, dim) and out.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert_close('out', out.transpose(1, 2), expected, tol, tol * (expected.abs().max() + 1))
+
+
+def test_time_major_inference_refuses_autograd():
+    from vmamba_mm.ops.selective_scan.chunked import selective_scan_time_major
+    u = torch.randn(1, 5, 4, requires_grad=True)
+    bc = torch.randn(1, 5, 1, 1)
+    with pytest.raises(RuntimeError, match='inference-only'):
+        selective_scan_time_major(u, torch.rand(1, 5, 4), -torch.ones(4, 1), bc, bc)
+
+
+def test_softplus_is_exact_to_a_few_ulps():
+    """The vectorised in-place softplus against float64 log1p(exp(x)), over the whole
+    range: tiny (x << 0), around 0, large, beyond the threshold and +-inf."""
+    from vmamba_mm.ops.selective_scan.chunked import _softplus_
+    x = torch.cat([torch.linspace(-90, 90, 20001), torch.randn(20000) * 5,
+                   torch.tensor([-float('inf'), float('inf'), 0.0, 20.0, 20.5, -20.0])])
+    got = _softplus_(x.clone())
+    exact = F.softplus(x.double(), threshold=1000)
+    exact[x == float('inf')] = float('inf')
+    finite = torch.isfinite(exact)
+    assert torch.equal(got[~finite], exact[~finite].float())
+    ulp = torch.finfo(torch.float32).eps * exact[finite].abs().clamp(min=torch.finfo(torch.float32).tiny)
+    err_ulps = ((got[finite].double() - exact[finite]).abs() / ulp).max()
+    assert err_ulps <= 4, f'softplus off by {err_ulps:.1f} ulps'

@@ -268,3 +268,39 @@ def test_inference_fast_path_matches_autograd_path():
         fast = model(x)
     for g, f in zip(general, fast):
         torch.testing.assert_close(f, g.detach(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('gelu', [False, True])
+@pytest.mark.parametrize('bias', [False, True])
+def test_inference_linear_matches_plain_ops(gelu, bias):
+    """models.utils.linear: the fused oneDNN inference call (float32 CPU, no grad)
+    equals F.linear (+ exact GELU); with gradients it is the plain ops."""
+    from vmamba_mm.models.utils import _onednn_linear_ok, linear
+    x = torch.randn(2, 5, 7, 24).permute(0, 2, 1, 3)  # strided, as NHWC views are
+    w = torch.randn(40, 24)
+    b = torch.randn(40) if bias else None
+    expected = F.linear(x, w, b)
+    expected = F.gelu(expected) if gelu else expected
+    with torch.no_grad():
+        assert _onednn_linear_ok(x, w, b) == torch.backends.mkldnn.is_available()
+        torch.testing.assert_close(linear(x, w, b, gelu=gelu), expected, rtol=1e-5, atol=1e-5)
+    wg = w.clone().requires_grad_()
+    assert not _onednn_linear_ok(x, wg, b)
+    out = linear(x, wg, b, gelu=gelu)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-5)
+    assert wg.grad is not None and wg.grad.abs().sum() > 0
+    assert not _onednn_linear_ok(x.double(), w.double(), None)
+
+
+def test_float32_inference_path_matches_autograd_path():
+    """float32 under no_grad: oneDNN linears and the in-place time-major scan,
+    against the general autograd path of the same weights."""
+    model = VMamba(SMALL_ARCH).eval()
+    _randomise(model)
+    x = torch.randn(2, 3, 45, 61)
+    general = model(x)
+    with torch.no_grad():
+        fast = model(x)
+    for g, f in zip(general, fast):
+        torch.testing.assert_close(f, g.detach(), rtol=1e-4, atol=1e-4)

@@ -1,5 +1,6 @@
 """Small helpers shared by the backbones."""
 import torch
+import torch.nn.functional as F
 
 
 def at_least_fp32(t):
@@ -9,3 +10,32 @@ def at_least_fp32(t):
     is kept, in at least float32 whatever the model / autocast dtype.
     """
     return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _onednn_linear_ok(x, weight, bias):
+    """Whether :func:`linear` may take its oneDNN inference path for these tensors."""
+    if not hasattr(torch.ops.mkldnn, '_linear_pointwise') or not torch.backends.mkldnn.is_available():
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu'):
+        return False  # FLOP counters, exporters and autocast see the plain ops
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if any(t.device.type != 'cpu' or t.dtype != torch.float32 for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def linear(x, weight, bias=None, gelu=False):
+    """``F.linear`` over the last dim of ``x``, optionally followed by exact GELU.
+
+    For float32 inference on CPU (no tensor needs a gradient, no autocast, not
+    traced) this is one oneDNN call with the bias and GELU fused, measured about
+    20% faster than MKL's ``F.linear`` + ``F.gelu`` on the VMamba-T MLP shapes
+    (``tools/benchmark_backbones.py``); everywhere else it is the plain ops. Both
+    give the same result to float32 rounding (tested).
+    """
+    if _onednn_linear_ok(x, weight, bias):
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias,
+                                                  'gelu' if gelu else 'none', [],
+                                                  'none' if gelu else '')
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y

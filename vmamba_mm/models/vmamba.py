@@ -33,7 +33,7 @@ from ..ops.backend import pick_backend
 from ..ops.selective_scan.chunked import selective_scan_time_major
 from ..registry import register_model
 from .checkpoint import load_pretrained
-from .utils import at_least_fp32
+from .utils import at_least_fp32, linear
 
 # Released configurations (classification/configs/vssm/vmambav2*_224.yaml).
 ARCH_SETTINGS = {
@@ -61,13 +61,14 @@ class LayerNorm2d(nn.LayerNorm):
 class Linear2d(nn.Linear):
     """1x1 convolution on NCHW with an ``nn.Linear`` weight (out, in), as official.
 
-    Computed as one matrix product over the channels of the NHWC view: no copy
-    for channels-last inputs (what :class:`LayerNorm2d` returns), and about twice
-    as fast on CPU as ``conv2d`` with a 1x1 kernel. The output is channels-last.
+    Computed as one matrix product over the channels of the NHWC view
+    (:func:`~vmamba_mm.models.utils.linear`): no copy for channels-last inputs
+    (what :class:`LayerNorm2d` returns), and about twice as fast on CPU as
+    ``conv2d`` with a 1x1 kernel. The output is channels-last.
     """
 
     def forward(self, x):
-        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+        return linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
 
 
 class SS2D(nn.Module):
@@ -171,8 +172,8 @@ class SS2D(nn.Module):
         # All directions' dt projections (and the dt bias) as one matrix product
         # with a block-diagonal weight: the (B, L, K * D) result is already in
         # the scan's layout (the bias is added in the model's dtype: float32 on CPU).
-        dts = F.linear(dts.reshape(B, L, K * R), torch.block_diag(*self.dt_projs_weight),
-                       self.dt_projs_bias.view(-1))
+        dts = linear(dts.reshape(B, L, K * R), torch.block_diag(*self.dt_projs_weight),
+                     self.dt_projs_bias.view(-1))
         ys = selective_scan_time_major(
             xs.view(B, L, K * D), at_least_fp32(dts), -torch.exp(at_least_fp32(self.A_logs)), Bs, Cs,
             at_least_fp32(self.Ds), delta_softplus=True)
@@ -181,16 +182,20 @@ class SS2D(nn.Module):
 
 
 class Mlp(nn.Module):
-    """1x1 conv MLP on NCHW: fc1 -> GELU -> fc2."""
+    """1x1 conv MLP on NCHW: fc1 -> GELU (exact) -> fc2, over the NHWC view.
+
+    fc1 and its GELU are one call (fused on the CPU inference path of
+    :func:`~vmamba_mm.models.utils.linear`).
+    """
 
     def __init__(self, dim, hidden):
         super().__init__()
         self.fc1 = Linear2d(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = Linear2d(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        h = linear(x.permute(0, 2, 3, 1), self.fc1.weight, self.fc1.bias, gelu=True)
+        return linear(h, self.fc2.weight, self.fc2.bias).permute(0, 3, 1, 2)
 
 
 class VSSBlock(nn.Module):

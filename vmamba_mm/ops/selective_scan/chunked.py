@@ -86,14 +86,19 @@ def _softplus_(x, threshold=20.0):
     """softplus(x) = log(1 + exp(x)), overwriting ``x`` (returns it).
 
     About 3x faster on CPU than ``F.softplus`` (whose log1p is not vectorised):
-    ``log1p(u)`` is ``log(w) - e / w`` with ``w = 1 + u`` rounded and ``e`` its
-    rounding error, exact to a few ulps for every u >= 0. Above ``threshold`` the
-    excess ``x - threshold`` is added to softplus(threshold) (so +-inf work).
+    ``log1p(u)`` is ``log(w) - ((w - 1) - u) / w`` with ``w = 1 + u`` rounded;
+    ``w - 1`` and ``u - (w - 1)`` are exact, so this is exact to a few ulps for
+    every u >= 0. Above ``threshold`` the excess ``x - threshold`` is added to
+    softplus(threshold) (so +-inf work). Two scratch tensors, no other
+    allocation: on CPU every fresh large tensor costs page faults.
     """
     u = torch.clamp(x, max=threshold).exp_()
+    x.sub_(threshold).clamp_(min=0)
     w = u + 1.0
-    err_w = (w - 1.0).sub_(u).div_(w)  # exact rounding error of w, over w
-    return x.sub_(threshold).clamp_(min=0).sub_(err_w).add_(w.log_())
+    w.sub_(1.0)  # w - 1, exact
+    u.sub_(w)  # u - (w - 1): minus the rounding error of w, exact
+    w.add_(1.0)  # w again, exact
+    return x.addcdiv_(u, w).add_(w.log_())
 
 
 def _scan_forward_(a, h):
@@ -270,18 +275,42 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                                        bool(delta_softplus), bool(return_last_state))
 
 
+def _scan_time_major_(a, h):
+    """In place along dim 1 of (batch, L, ...) tensors: h_l <- a_l h_{l-1} + h_l.
+
+    The first ``nc * T`` steps (``T = isqrt(L)``) are viewed as (batch, nc, T, ...)
+    chunks for :func:`_scan_forward_` (no padded copy); the ``L - nc * T < T``
+    remaining steps follow one by one.
+    """
+    L = h.shape[1]
+    T = math.isqrt(L)
+    nc = L // T
+    body = nc * T
+    _scan_forward_(a[:, :body].unflatten(1, (nc, T)), h[:, :body].unflatten(1, (nc, T)))
+    for t in range(body, L):
+        h[:, t].addcmul_(a[:, t], h[:, t - 1])
+    return h
+
+
 def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """Inference-only chunked scan on time-major tensors (no layout transposes).
+    """Inference-only scan on time-major tensors, computed in place.
 
     Private fast path for VMamba's SS2D on the 'torch' backend, which produces
     its scan inputs time-major; same numerics as :func:`selective_scan_chunked`
     without ``z`` and the last state. No autograd: raises if a gradient is needed.
-    ``delta`` is overwritten (the caller passes a tensor it owns).
+
+    ``delta`` is consumed: a float32 (float64) contiguous ``delta`` is
+    overwritten by the time steps, then the states, then the output (the
+    returned tensor shares its memory when N == 1). Besides it, the scan
+    allocates two (batch, L, dim) scratch tensors for N == 1 (a few more for
+    N > 1): on CPU each fresh large tensor costs page faults, often more than
+    the arithmetic.
 
     Args:
-        u, delta (Tensor): (batch, L, dim) contiguous.
+        u (Tensor): (batch, L, dim).
+        delta (Tensor): (batch, L, dim), owned by the callee (see above).
         A (Tensor): (dim, N).
-        B, C (Tensor): (batch, L, G, N), dim divisible by G.
+        B, C (Tensor): (batch, L, G, N), dim divisible by G; any strides.
         D, delta_bias (Tensor, optional): (dim,).
         delta_softplus (bool): softplus on ``delta + delta_bias``.
 
@@ -295,29 +324,25 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, L, dim = u.shape
     G, N = B.shape[2:]
-    lay = _ChunkLayout(L)
-    shape = (batch, lay.nc, lay.T, G, dim // G)
-
-    def chunks(x):
-        """(batch, L, ...) -> (batch, Lp, C) in ``acc`` (a copy only if padded or cast)."""
-        x = x.reshape(batch, L, -1)
-        if lay.Lp == L and x.dtype == acc:
-            return x
-        out = x.new_zeros(batch, lay.Lp, x.shape[2], dtype=acc)
-        out[:, :L] = x
-        return out
-
-    dt_c = chunks(delta)
+    dg = dim // G
+    dt = delta.to(acc).contiguous()
     if delta_bias is not None:
-        dt_c.add_(delta_bias.to(acc))
+        dt.add_(delta_bias.to(acc))
     if delta_softplus:
-        dt_c = _softplus_(dt_c)
-    dt_c = dt_c.view(*shape, 1)
-    u_c = chunks(u).view(*shape, 1)
-    B_c = chunks(B).view(*shape[:4], 1, N)
-    C_c = chunks(C).view(*shape[:4], 1, N)
-    _, h = _states(dt_c, u_c, A, B_c)
-    y = _sum_state(h.mul_(C_c)).reshape(batch, lay.Lp, dim)[:, :L]
+        _softplus_(dt)
+    u = u.to(acc)
+    A = A.to(acc)
+    if N == 1:
+        # The decays in a fresh tensor; dt * u * B, the states and the output in dt.
+        a = torch.mul(dt, A.view(dim)).exp_().view(batch, L, G, dg)
+        h = dt.mul_(u).view(batch, L, G, dg).mul_(B.to(acc))
+        y = _scan_time_major_(a, h).mul_(C.to(acc)).view(batch, L, dim)
+    else:
+        dt = dt.view(batch, L, G, dg, 1)
+        a = torch.mul(dt, A.view(G, dg, N)).exp_()
+        h = dt.mul_(u.view(batch, L, G, dg, 1)) * B.to(acc).view(batch, L, G, 1, N)
+        h = _scan_time_major_(a, h).mul_(C.to(acc).view(batch, L, G, 1, N))
+        y = h.sum(-1).view(batch, L, dim)
     if D is not None:
         y.addcmul_(u, D.to(acc))
     return y
