@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vmamba_mm.ops import cross_merge, cross_scan
+from vmamba_mm.ops.cross_scan import cross_merge_naive, cross_scan_naive
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
@@ -125,3 +126,21 @@ def test_triton_missing_is_a_clear_import_error(monkeypatch):
     monkeypatch.delitem(sys.modules, 'vmamba_mm.ops.cross_scan.kernels', raising=False)
     with pytest.raises(ImportError, match="backend 'triton' needs the triton package"):
         cross_scan(torch.randn(1, 1, 2, 2), backend='triton')
+
+
+@pytest.mark.parametrize('hw', [(1, 1), (3, 5), (6, 4)])
+def test_time_major_pair_matches_naive_and_is_adjoint(hw):
+    """The 'torch' backend's time-major pair (SS2D's layout): the naive orders
+    transposed, and gradcheck (each Function's backward is the other one)."""
+    from vmamba_mm.ops.cross_scan.functions import cross_merge_time_major, cross_scan_time_major
+    H, W = hw
+    x = torch.randn(2, 3, H, W, dtype=torch.float64)
+    ys = torch.randn(2, 4, 3, H, W, dtype=torch.float64)
+    xs = cross_scan_time_major(x.permute(0, 2, 3, 1))  # (B, L, 4, C)
+    assert torch.equal(xs.permute(0, 2, 3, 1), cross_scan_naive(x))
+    merged = cross_merge_time_major(ys.flatten(3).permute(0, 3, 1, 2), H, W)  # (B, H, W, C)
+    torch.testing.assert_close(merged.permute(0, 3, 1, 2), cross_merge_naive(ys))
+    xt = x.permute(0, 2, 3, 1).clone().requires_grad_()
+    yt = ys.flatten(3).permute(0, 3, 1, 2).clone().requires_grad_()
+    assert torch.autograd.gradcheck(cross_scan_time_major, (xt,))
+    assert torch.autograd.gradcheck(lambda y: cross_merge_time_major(y, H, W), (yt,))

@@ -402,12 +402,24 @@ def test_time_major_inference_matches_reference(case, dtype):
     assert_close('out', out.transpose(1, 2), expected, tol, tol * (expected.abs().max() + 1))
 
 
-def test_time_major_inference_refuses_autograd():
+@pytest.mark.parametrize('case', TIME_MAJOR_CASES[1:4], ids=['L23', 'L49', 'L50N3'])
+def test_time_major_autograd_matches_reference(case):
+    """With gradients the time-major entry is the chunked autograd Function:
+    output and every gradient against the reference loop (float64)."""
     from vmamba_mm.ops.selective_scan.chunked import selective_scan_time_major
-    u = torch.randn(1, 5, 4, requires_grad=True)
-    bc = torch.randn(1, 5, 1, 1)
-    with pytest.raises(RuntimeError, match='inference-only'):
-        selective_scan_time_major(u, torch.rand(1, 5, 4), -torch.ones(4, 1), bc, bc)
+    batch, dim, L, N, G = case
+    inputs = make_inputs(batch, dim, L, N, G, D=True, delta_bias=True, softplus=True, seed=L)
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    ref = run(inputs, 'reference', True, False)
+    args = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan_time_major(
+        args['u'].transpose(1, 2), args['delta'].transpose(1, 2), args['A'],
+        args['B'].permute(0, 3, 1, 2), args['C'].permute(0, 3, 1, 2), args['D'],
+        delta_bias=args['delta_bias'], delta_softplus=True).transpose(1, 2)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    (out * w).sum().backward()
+    assert torch.equal(args['delta'].detach(), inputs['delta'].detach()), 'delta modified'
+    compare((out, None, {k: v.grad for k, v in args.items()}), ref, 1e-10, 1e-10)
 
 
 def test_softplus_is_exact_to_a_few_ulps():

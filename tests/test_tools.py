@@ -255,3 +255,23 @@ def test_runner_helpers_reject_bad_configs(tmp_path):
     cfg.val_evaluator = dict(type='CocoMetric', ann_file=str(tmp_path / 'missing.json'))
     with pytest.raises(FileNotFoundError, match='val_evaluator.ann_file'):
         check_data_paths(cfg, ('val',))
+
+
+def test_benchmark_backbones_writes_its_record(tmp_path):
+    """tools/benchmark_backbones.py (tiny size, one round): table fields and JSON record."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        import benchmark_backbones
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / 'bb.json'
+    record = benchmark_backbones.main(['--rounds', '2', '--warmup', '0', '--size', '64',
+                                       '--out', str(out)])
+    saved = json.loads(out.read_text())
+    assert saved['ratio_vmamba_over_swin'] == record['ratio_vmamba_over_swin']
+    for task in ('inference', 'train'):
+        assert saved['ratio_vmamba_over_swin'][task] > 0
+        for name in ('VMamba-T', 'Swin-T'):
+            assert len(saved['times_s'][name][task]['all']) == 2
+            assert len(saved['minor_page_faults_per_round'][name][task]['all']) == 2
+    assert saved['params']['VMamba-T'] == 29481408

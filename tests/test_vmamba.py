@@ -258,16 +258,30 @@ def test_bad_config_errors(kwargs, exc, words):
         assert w in str(info.value)
 
 
-def test_inference_fast_path_matches_autograd_path():
-    """Under no_grad SS2D takes the time-major path: same features (float64)."""
+def test_time_major_paths_match_general_path(monkeypatch):
+    """On the 'torch' backend SS2D runs time-major, with autograd (training) and in
+    place (no_grad): same features and gradients as the general channel-major
+    path (float64; the general path with the reference scan)."""
     model = VMamba(SMALL_ARCH).double().eval()
     _randomise(model)
     x = torch.randn(2, 3, 37, 50, dtype=torch.float64)
-    general = model(x)  # grad enabled: the general path
+
+    def features_and_grads():
+        model.zero_grad()
+        outs = model(x)
+        sum((o * o).sum() for o in outs).backward()
+        return [o.detach() for o in outs], [p.grad.clone() for p in model.parameters()]
+
+    time_major = features_and_grads()
     with torch.no_grad():
-        fast = model(x)
-    for g, f in zip(general, fast):
-        torch.testing.assert_close(f, g.detach(), rtol=1e-10, atol=1e-10)
+        in_place = model(x)
+    monkeypatch.setenv('VMAMBA_MM_SCAN_BACKEND', 'reference')
+    general = features_and_grads()
+    for a, b, c in zip(time_major[0], in_place, general[0]):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-10)
+    for a, c in zip(time_major[1], general[1]):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize('gelu', [False, True])
@@ -295,7 +309,7 @@ def test_inference_linear_matches_plain_ops(gelu, bias):
 
 def test_float32_inference_path_matches_autograd_path():
     """float32 under no_grad: oneDNN linears and the in-place time-major scan,
-    against the general autograd path of the same weights."""
+    against the autograd path (MKL linears, chunked autograd scan) of the same weights."""
     model = VMamba(SMALL_ARCH).eval()
     _randomise(model)
     x = torch.randn(2, 3, 45, 61)

@@ -7,9 +7,11 @@ channels-last memory, so that the LayerNorms and 1x1 projections run as plain
 matrix products); the selective scan is the shared
 :func:`vmamba_mm.ops.selective_scan` (Triton on GPU, chunked PyTorch on CPU), the
 4-direction traversal :func:`vmamba_mm.ops.cross_scan` /
-:func:`vmamba_mm.ops.cross_merge`. Inference on the 'torch' backend (CPU; no
-autograd) takes a time-major fast path with the same numerics
-(:meth:`SS2D._forward_time_major`).
+:func:`vmamba_mm.ops.cross_merge`. On the 'torch' backend (the CPU default)
+SS2D runs time-major, training and inference alike, with the same numerics
+(:meth:`SS2D._forward_time_major`); inference there also computes the scan in
+place and fuses the MLP's first linear layer with its GELU
+(:func:`~vmamba_mm.models.utils.linear`).
 
 Module and parameter names follow the official code (``layers.{i}.blocks.{j}.op.*``,
 ``outnorm{i}``, ...) except the stem and the downsampling layers, whose official
@@ -128,21 +130,14 @@ class SS2D(nn.Module):
                           .expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def _time_major_inference(self, x):
-        """Whether to take the inference fast path: the 'torch' backend (the CPU
-        default), no autograd, not traced (FLOP counting and export see the
-        general path)."""
-        if torch.jit.is_tracing() or pick_backend('SS2D', None, x) != 'torch':
-            return False
-        return not (torch.is_grad_enabled()
-                    and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
-
     def forward(self, x):
+        x = self.act(self.conv2d(self.in_proj(x)))
+        # The 'torch' backend (the CPU default) runs time-major; FLOP counters
+        # and exporters (tracing) see the general path.
+        if pick_backend('SS2D', None, x) == 'torch' and not torch.jit.is_tracing():
+            return self._forward_time_major(x)
         B, _, H, W = x.shape
         K, D, N, R, L = self.num_directions, self.d_inner, self.d_state, self.dt_rank, H * W
-        x = self.act(self.conv2d(self.in_proj(x)))
-        if self._time_major_inference(x):
-            return self._forward_time_major(x)
         xs = cross_scan(x)  # (B, K, D, L)
         # Per-direction projections as batched matmuls over (B, K): no layout copies.
         x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
@@ -157,26 +152,23 @@ class SS2D(nn.Module):
         return self.out_proj(self.out_norm(y))
 
     def _forward_time_major(self, x):
-        """Inference on the 'torch' backend, time-major (B, L, K, D) throughout.
+        """The 'torch' backend's path, time-major (B, L, K, D) throughout.
 
-        Same computation as :meth:`forward`, but the scan inputs are built from
+        Same computation as the general path, but the scan inputs are built from
         the channels-last activations by whole-row copies and the scan runs on
-        them directly (:func:`selective_scan_time_major`): none of the
-        (channels, L) <-> (L, channels) transposes of the general path.
+        them directly (:func:`selective_scan_time_major`; in place under
+        no_grad): none of the (channels, L) <-> (L, channels) transposes.
         """
         B, D, H, W = x.shape
         K, N, R, L = self.num_directions, self.d_state, self.dt_rank, H * W
-        xs = cross_scan_time_major(x.permute(0, 2, 3, 1).contiguous())  # (B, L, K, D)
+        xs = cross_scan_time_major(x.permute(0, 2, 3, 1))  # (B, L, K, D)
         x_dbl = torch.einsum('blkd,kcd->blkc', xs, self.x_proj_weight)  # (B, L, K, R + 2N)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=3)
-        # All directions' dt projections (and the dt bias) as one matrix product
-        # with a block-diagonal weight: the (B, L, K * D) result is already in
-        # the scan's layout (the bias is added in the model's dtype: float32 on CPU).
-        dts = linear(dts.reshape(B, L, K * R), torch.block_diag(*self.dt_projs_weight),
-                     self.dt_projs_bias.view(-1))
+        dts = torch.einsum('blkr,kdr->blkd', dts, self.dt_projs_weight).reshape(B, L, K * D)
         ys = selective_scan_time_major(
-            xs.view(B, L, K * D), at_least_fp32(dts), -torch.exp(at_least_fp32(self.A_logs)), Bs, Cs,
-            at_least_fp32(self.Ds), delta_softplus=True)
+            xs.view(B, L, K * D), dts, -torch.exp(at_least_fp32(self.A_logs)), Bs, Cs,
+            at_least_fp32(self.Ds), delta_bias=at_least_fp32(self.dt_projs_bias).view(-1),
+            delta_softplus=True)
         y = cross_merge_time_major(ys.view(B, L, K, D), H, W).to(x.dtype)  # (B, H, W, D)
         return self.out_proj(self.out_norm(y.permute(0, 3, 1, 2)))
 

@@ -40,12 +40,14 @@ import torch.nn.functional as F
 
 
 class _ChunkLayout:
-    """Time-major, zero-padded layout of (batch, C, L) sequences: (batch, nc, T, C).
+    """Time-major, zero-padded chunks of (batch, L, ...) sequences: (batch, nc, T, C).
 
     Sequence position ``l`` is at ``[:, l // T, l % T]``; the ``nc * T - L``
-    padded positions come after the sequence, so they never influence it.
-    Conversions are per-batch 2-D transposes (PyTorch has a blocked copy for
-    those; one strided 3-D copy was slower for most shapes here).
+    padded positions come after the sequence, so they never influence it. The
+    trailing dims are flattened into C. A contiguous, unpadded input of the
+    right dtype is used as it is (a view); otherwise it is copied batch by
+    batch (for transposed views of channel-major data each copy is a 2-D
+    transpose, which PyTorch blocks; one strided 3-D copy was slower).
     """
 
     def __init__(self, L):
@@ -55,31 +57,24 @@ class _ChunkLayout:
         self.Lp = self.nc * self.T
         self.last = divmod(L - 1, self.T)
 
-    def to_chunks(self, x, dtype):
-        """(batch, C, L) -> (batch, nc, T, C) contiguous in ``dtype``."""
-        batch, C, L = x.shape
+    def to_chunks(self, x, dtype, fresh=False):
+        """(batch, L, ...) -> (batch, nc, T, C) contiguous in ``dtype``; a new
+        tensor if ``fresh`` (the caller overwrites it), else possibly ``x`` itself."""
+        batch = x.shape[0]
+        x = x.flatten(2)
+        C = x.shape[2]
+        if self.Lp == self.L and x.dtype == dtype and x.is_contiguous():
+            return (x.clone() if fresh else x).view(batch, self.nc, self.T, C)
         out = x.new_empty(batch, self.Lp, C, dtype=dtype)
-        if self.Lp > L:
-            out[:, L:].zero_()
+        if self.Lp > self.L:
+            out[:, self.L:].zero_()
         for i in range(batch):
-            out[i, :L].copy_(x[i].t())
+            out[i, :self.L].copy_(x[i])
         return out.view(batch, self.nc, self.T, C)
 
     def from_chunks(self, y):
-        """(batch, nc, T, ...) -> (batch, C, L) with C the product of the trailing dims.
-
-        Without padding this is a transposed view of ``y`` (no copy): the
-        consumers (elementwise ops, cross-merge, the next ``to_chunks``) read it
-        as fast as a contiguous tensor, or faster.
-        """
-        batch = y.shape[0]
-        y = y.reshape(batch, self.Lp, -1)
-        if self.Lp == self.L:
-            return y.transpose(1, 2)
-        out = y.new_empty(batch, y.shape[2], self.L)
-        for i in range(batch):
-            out[i].copy_(y[i, :self.L].t())
-        return out
+        """(batch, nc, T, ...) -> (batch, L, C), C the product of the trailing dims (a view)."""
+        return y.reshape(y.shape[0], self.Lp, -1)[:, :self.L]
 
 
 def _softplus_(x, threshold=20.0):
@@ -157,26 +152,28 @@ def _sum_state(x):
 
 
 class _SelectiveScanChunked(torch.autograd.Function):
+    """The chunked scan with its hand-written backward, on time-major tensors:
+    u, delta, z (batch, L, dim); B, C (batch, L, G, N); output (batch, L, dim)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-        batch, dim, L = u.shape
-        G, N = B.shape[1], B.shape[2]
+        batch, L, dim = u.shape
+        G, N = B.shape[2], B.shape[3]
         dg = dim // G
         lay = _ChunkLayout(L)
         nc, T = lay.nc, lay.T
         # Chunked tensors: (batch, nc, T, G, dim // G, N). The padded positions
         # of dt get softplus(delta_bias): harmless, they come after the sequence.
-        dt_c = lay.to_chunks(delta, acc)
+        dt_c = lay.to_chunks(delta, acc, fresh=True)
         if delta_bias is not None:
             dt_c.add_(delta_bias.to(acc))
         if delta_softplus:
             dt_c = _softplus_(dt_c)
         dt_c = dt_c.view(batch, nc, T, G, dg, 1)
         u_c = lay.to_chunks(u, acc).view(batch, nc, T, G, dg, 1)
-        B_c = lay.to_chunks(B.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
-        C_c = lay.to_chunks(C.reshape(batch, G * N, L), acc).view(batch, nc, T, G, 1, N)
+        B_c = lay.to_chunks(B, acc).view(batch, nc, T, G, 1, N)
+        C_c = lay.to_chunks(C, acc).view(batch, nc, T, G, 1, N)
         a, h = _states(dt_c, u_c, A, B_c)
         if return_last_state:
             c, t = lay.last
@@ -185,7 +182,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
         grad = any(ctx.needs_input_grad)
         y = lay.from_chunks(_sum_state(h * C_c if grad else h.mul_(C_c)))
         if D is not None:
-            y.addcmul_(u, D.to(acc)[:, None])
+            y.addcmul_(u, D.to(acc))
         out = y * F.silu(z.to(acc)) if z is not None else y
         ctx.lay, ctx.dims = lay, (batch, dim, L, G, N)
         ctx.delta_softplus = delta_softplus
@@ -215,8 +212,9 @@ class _SelectiveScanChunked(torch.autograd.Function):
                 dz = (dy * y).mul_(sig).mul_(zf.mul(1 - sig).add_(1)).to(z.dtype)
             dy = dy * (zf * sig)  # zf may alias z: no in-place op on it
         if D is not None and needs[5]:
-            dD = (dy * u).sum((0, 2)).to(D.dtype)
-        dy_c = lay.to_chunks(dy, acc).view(batch, nc, T, G, dg, 1)
+            dD = (dy * u).sum((0, 1)).to(D.dtype)
+        # A copy: it becomes dL/dh in place below.
+        dy_c = lay.to_chunks(dy, acc, fresh=True).view(batch, nc, T, G, dg, 1)
         # Scratch for the products that are reduced right away (fewer large
         # allocations: on CPU each fresh one costs page faults).
         tmp = torch.empty_like(h)
@@ -243,23 +241,23 @@ class _SelectiveScanChunked(torch.autograd.Function):
         ddt = _sum_state(g.mul_(A.to(acc).view(G, dg, N)))
         ddt.addcmul_(ddu, _sum_state(u_c))
         if needs[0]:
-            du = lay.from_chunks(ddu.mul_(_sum_state(dt_c))).view(batch, dim, L)
+            du = lay.from_chunks(ddu.mul_(_sum_state(dt_c)))
             if D is not None:
-                du.addcmul_(dy, D.to(acc)[:, None])
+                du.addcmul_(dy, D.to(acc))
             du = du.to(u.dtype)
         if needs[1] or needs[7]:
-            ddt = lay.from_chunks(ddt).view(batch, dim, L)
+            ddt = lay.from_chunks(ddt)
             if ctx.delta_softplus:
                 # d softplus(x) / dx = sigmoid(x), x = delta + delta_bias (fresh buffer).
                 if delta_bias is not None:
-                    sig = torch.add(delta.to(acc), delta_bias.to(acc)[:, None]).sigmoid_()
+                    sig = torch.add(delta.to(acc), delta_bias.to(acc)).sigmoid_()
                 else:
                     sig = torch.sigmoid(delta.to(acc))
                 ddt.mul_(sig)
             if needs[1]:
                 ddelta = ddt.to(delta.dtype)
             if delta_bias is not None and needs[7]:
-                ddelta_bias = ddt.sum((0, 2)).to(delta_bias.dtype)
+                ddelta_bias = ddt.sum((0, 1)).to(delta_bias.dtype)
         return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, None
 
 
@@ -267,12 +265,19 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                            delta_softplus=False, return_last_state=False):
     """Chunked selective scan (arguments already validated; B, C as (batch, G, N, L)).
 
+    Channel-major (batch, dim, L) in and out: the autograd Function runs on the
+    time-major (transposed) views and copies them into its chunks.
     State and sums are float32 (float64 for float64 inputs); the output has
     ``u``'s dtype; the last state (batch, dim, N) is float32 (float64 for
     float64 inputs).
     """
-    return _SelectiveScanChunked.apply(u, delta, A, B, C, D, z, delta_bias,
-                                       bool(delta_softplus), bool(return_last_state))
+    res = _SelectiveScanChunked.apply(
+        u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 3, 1, 2),
+        C.permute(0, 3, 1, 2), D, None if z is None else z.transpose(1, 2), delta_bias,
+        bool(delta_softplus), bool(return_last_state))
+    if return_last_state:
+        return res[0].transpose(1, 2), res[1]
+    return res.transpose(1, 2)
 
 
 def _scan_time_major_(a, h):
@@ -293,34 +298,35 @@ def _scan_time_major_(a, h):
 
 
 def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """Inference-only scan on time-major tensors, computed in place.
+    """The 'torch' backend's scan on time-major tensors (no layout transposes).
 
-    Private fast path for VMamba's SS2D on the 'torch' backend, which produces
-    its scan inputs time-major; same numerics as :func:`selective_scan_chunked`
-    without ``z`` and the last state. No autograd: raises if a gradient is needed.
+    For VMamba's SS2D, which produces its scan inputs time-major; same numerics
+    as :func:`selective_scan_chunked` without ``z`` and the last state.
 
-    ``delta`` is consumed: a float32 (float64) contiguous ``delta`` is
-    overwritten by the time steps, then the states, then the output (the
-    returned tensor shares its memory when N == 1). Besides it, the scan
-    allocates two (batch, L, dim) scratch tensors for N == 1 (a few more for
-    N > 1): on CPU each fresh large tensor costs page faults, often more than
-    the arithmetic.
+    When a gradient is needed it is the chunked autograd Function. Without
+    one (inference) it computes in place: ``delta`` is consumed, a float32
+    (float64) contiguous ``delta`` being overwritten by the time steps, then the
+    states, then the output (the returned tensor shares its memory when
+    N == 1). Besides it, inference allocates two (batch, L, dim) scratch
+    tensors for N == 1 (a few more for N > 1): on CPU each fresh large tensor
+    costs page faults, often more than the arithmetic.
 
     Args:
         u (Tensor): (batch, L, dim).
-        delta (Tensor): (batch, L, dim), owned by the callee (see above).
+        delta (Tensor): (batch, L, dim); consumed without autograd (see above).
         A (Tensor): (dim, N).
         B, C (Tensor): (batch, L, G, N), dim divisible by G; any strides.
         D, delta_bias (Tensor, optional): (dim,).
         delta_softplus (bool): softplus on ``delta + delta_bias``.
 
     Returns:
-        Tensor: (batch, L, dim), float32 (float64 for float64 inputs).
+        Tensor: (batch, L, dim), float32 (float64 for float64 inputs) in
+        inference; ``u``'s dtype with autograd.
     """
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (u, delta, A, B, C, D, delta_bias)):
-        raise RuntimeError('selective_scan_time_major is inference-only: call it under '
-                           'torch.no_grad() or use selective_scan')
+        return _SelectiveScanChunked.apply(u, delta, A, B, C, D, None, delta_bias,
+                                           bool(delta_softplus), False)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, L, dim = u.shape
     G, N = B.shape[2:]
