@@ -97,42 +97,52 @@ def _softplus_(x, threshold=20.0):
 
 
 def _scan_forward_(a, h):
-    """In place: h <- states of h_l = a_l h_{l-1} + x_l (x given in h), (batch, nc, T, ...)."""
+    """In place: h <- states of h_l = a_l h_{l-1} + x_l (x given in h), (batch, nc, T, ...).
+
+    The per-step slices are taken once with ``unbind`` (one call for all views;
+    indexing in the loops cost about as much as the multiply-adds for the
+    small slices of late stages).
+    """
     nc, T = a.shape[1:3]
+    a_t, h_t = a.unbind(2), h.unbind(2)
     if nc > 1:
         # State at the end of each chunk when it starts from zero, and the chunk's decay.
-        end = h[:, :, 0].clone()
+        end = h_t[0].clone()
         for t in range(1, T):
-            torch.addcmul(h[:, :, t], a[:, :, t], end, out=end)
+            torch.addcmul(h_t[t], a_t[t], end, out=end)
         decay = torch.prod(a, dim=2)
         # State entering each chunk.
         start = torch.zeros_like(end)
+        end_c, decay_c, start_c = end.unbind(1), decay.unbind(1), start.unbind(1)
         for c in range(1, nc):
-            torch.addcmul(end[:, c - 1], decay[:, c - 1], start[:, c - 1], out=start[:, c])
-        h[:, :, 0].addcmul_(a[:, :, 0], start)
+            torch.addcmul(end_c[c - 1], decay_c[c - 1], start_c[c - 1], out=start_c[c])
+        h_t[0].addcmul_(a_t[0], start)
     for t in range(1, T):
-        h[:, :, t].addcmul_(a[:, :, t], h[:, :, t - 1])
+        h_t[t].addcmul_(a_t[t], h_t[t - 1])
     return h
 
 
 def _scan_backward_(a, g):
     """In place: g <- adjoint states g_l = dh_l + a_{l+1} g_{l+1} (dh given in g)."""
     nc, T = a.shape[1:3]
+    a_t, g_t = a.unbind(2), g.unbind(2)
     if nc > 1:
         # Adjoint at the first step of each chunk when it ends with zero, and the
         # decay from that step to the chunk's end.
-        first = g[:, :, T - 1].clone()
+        first = g_t[T - 1].clone()
         for t in range(T - 2, -1, -1):
-            torch.addcmul(g[:, :, t], a[:, :, t + 1], first, out=first)
+            torch.addcmul(g_t[t], a_t[t + 1], first, out=first)
         decay = torch.prod(a[:, :, 1:], dim=2)
         # enter[c]: adjoint flowing into the end of chunk c from chunk c + 1.
         enter = torch.zeros_like(first)
+        first_c, decay_c, enter_c, a_c0 = (first.unbind(1), decay.unbind(1), enter.unbind(1),
+                                           a_t[0].unbind(1))
         for c in range(nc - 2, -1, -1):
-            full = torch.addcmul(first[:, c + 1], decay[:, c + 1], enter[:, c + 1])
-            torch.mul(a[:, c + 1, 0], full, out=enter[:, c])
-        g[:, :, T - 1].add_(enter)
+            full = torch.addcmul(first_c[c + 1], decay_c[c + 1], enter_c[c + 1])
+            torch.mul(a_c0[c + 1], full, out=enter_c[c])
+        g_t[T - 1].add_(enter)
     for t in range(T - 2, -1, -1):
-        g[:, :, t].addcmul_(a[:, :, t + 1], g[:, :, t + 1])
+        g_t[t].addcmul_(a_t[t + 1], g_t[t + 1])
     return g
 
 
@@ -292,8 +302,10 @@ def _scan_time_major_(a, h):
     nc = L // T
     body = nc * T
     _scan_forward_(a[:, :body].unflatten(1, (nc, T)), h[:, :body].unflatten(1, (nc, T)))
-    for t in range(body, L):
-        h[:, t].addcmul_(a[:, t], h[:, t - 1])
+    if body < L:
+        a_t, h_t = a.unbind(1), h.unbind(1)
+        for t in range(body, L):
+            h_t[t].addcmul_(a_t[t], h_t[t - 1])
     return h
 
 
