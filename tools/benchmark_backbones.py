@@ -11,6 +11,11 @@ and writes a JSON record (device, versions, shapes, times, faults, ratios).
 
     python tools/benchmark_backbones.py [--rounds 7] [--threads N] [--out PATH]
 
+With glibc's malloc told to keep freed memory (no page faults for either model):
+
+    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=10737418240 \
+        python tools/benchmark_backbones.py --out docs/benchmarks/backbones_cpu_malloc_keep.json
+
 Targets (the official code is 2.2x / 30x slower than Swin-T on CPU): VMamba-T at
 most 1.0x Swin-T's time for inference and 1.5x for training.
 """
@@ -123,6 +128,8 @@ def main(argv=None):
                    'load_avg_1_5_15min_at_end': os.getloadavg()},
         'versions': versions(),
         'scan_backend': os.environ.get('VMAMBA_MM_SCAN_BACKEND') or 'auto (torch on CPU)',
+        'malloc_env': {k: v for k, v in os.environ.items()
+                       if k.startswith('MALLOC_') or k == 'LD_PRELOAD'},
         'shapes': {t: list(s) for t, s in shapes.items()},
         'params': {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
         'rounds': args.rounds, 'warmup': args.warmup,
