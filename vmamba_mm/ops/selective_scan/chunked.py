@@ -26,9 +26,11 @@ positive ``delta`` after softplus). Nothing relies on it for correctness: with
 ``delta * A > 0`` the state grows exponentially exactly as in the reference
 loop, and the running products of decays overflow only where the state does.
 
-:func:`selective_scan_time_major` is a private inference-only entry point
-taking time-major (batch, L, dim) tensors, for VMamba's SS2D: it skips the
-layout transposes of the public (batch, dim, L) interface.
+The autograd Function works on time-major (batch, L, dim) tensors; the public
+(batch, dim, L) interface (:func:`selective_scan_chunked`) hands it transposed
+views. :func:`selective_scan_time_major` is the private time-major entry for
+VMamba's SS2D (no layout transposes at all), with autograd, or in place
+without it.
 
 Memory: the forward saves the decays and states, 2 x (batch, dim, N, L)
 floats (float32, or float64 for float64 inputs), plus the inputs.
