@@ -18,8 +18,10 @@ stacked as two channel groups (each with its own B and C).
 Module and parameter names are those of the official checkpoints
 (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``layers.{i}.norm``,
 ``layers.{i}.mixer.{in_proj,conv1d,x_proj,dt_proj,A_log,D,conv1d_b,...}``,
-``norm_f``), so an official ``{'model': state_dict}`` loads after dropping ``head.*``
-and resizing ``pos_embed``.
+``norm_f``; ``fpn1``-``fpn4`` of the segmentation backbone), so an official
+``{'model': state_dict}`` loads after dropping ``head.*`` and resizing
+``pos_embed``, and so does an official segmentation checkpoint (dense mode, which,
+like the official ``VisionMambaSeg``, has no class token).
 """
 import math
 
@@ -177,34 +179,42 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
 
 
-def resize_pos_embed(pos_embed, src_hw, dst_hw):
-    """Resize a middle-class-token position embedding to another patch grid.
+def resize_pos_embed(pos_embed, src_hw, dst_hw, cls_token=True):
+    """Resize a position embedding to another patch grid.
 
     Args:
-        pos_embed (Tensor): (1, h*w + 1, C); entry ``h*w // 2`` is the class
-            token's, the others are the patches' in row-major order (the layout
-            of the official ``midclstok`` models).
+        pos_embed (Tensor): (1, h*w + 1, C) with a class token, whose entry is
+            ``h*w // 2`` (the layout of the official ``midclstok`` models), the
+            others the patches' in row-major order; or (1, h*w, C) without one
+            (the official segmentation backbone).
         src_hw (tuple[int]): the grid ``(h, w)`` of ``pos_embed``.
         dst_hw (tuple[int]): the wanted grid.
+        cls_token (bool): whether ``pos_embed`` has the class token's entry.
 
     Returns:
-        Tensor: (1, H*W + 1, C), patches resized bicubically (as the official
-        ``interpolate_pos_embed``), the class token's entry kept and placed at
-        index ``H*W // 2``.
+        Tensor: (1, H*W [+ 1], C), patches resized bicubically (as the official
+        ``interpolate_pos_embed``), the class token's entry (if any) kept and
+        placed at index ``H*W // 2``.
     """
     src_hw, dst_hw = tuple(src_hw), tuple(dst_hw)
     num_src = src_hw[0] * src_hw[1]
-    if pos_embed.shape[1] != num_src + 1:
-        raise ValueError(f'pos_embed has {pos_embed.shape[1]} entries; a {src_hw} grid '
-                         f'plus the class token needs {num_src + 1}')
+    extra = int(cls_token)
+    if pos_embed.shape[1] != num_src + extra:
+        raise ValueError(f'pos_embed has {pos_embed.shape[1]} entries; a {src_hw} grid'
+                         f'{" plus the class token" if cls_token else ""} needs {num_src + extra}')
     if src_hw == dst_hw:
         return pos_embed
     mid = num_src // 2
-    cls = pos_embed[:, mid:mid + 1]
-    patches = torch.cat([pos_embed[:, :mid], pos_embed[:, mid + 1:]], dim=1)
+    if cls_token:
+        cls = pos_embed[:, mid:mid + 1]
+        patches = torch.cat([pos_embed[:, :mid], pos_embed[:, mid + 1:]], dim=1)
+    else:
+        patches = pos_embed
     grid = patches.reshape(1, *src_hw, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid.float(), size=dst_hw, mode='bicubic', align_corners=False)
     patches = grid.to(pos_embed.dtype).flatten(2).transpose(1, 2)
+    if not cls_token:
+        return patches
     mid = dst_hw[0] * dst_hw[1] // 2
     return torch.cat([patches[:, :mid], cls, patches[:, mid:]], dim=1)
 
@@ -227,12 +237,14 @@ class Vim(BaseModule):
             (B, C) (the classification model's feature; its head is a Linear on
             it). 'featmap': dense features for detection/segmentation, a 4-tuple
             at strides 4, 8, 16, 32 (for patch 16), each (B, C, h, w), from the
-            blocks in ``out_indices``. As the official ``seg/backbone/vim.py``,
-            the feature of block i is its mixer output (not normed, no residual
-            added); the class token is dropped from it; then ConvTranspose2d-norm-
-            GELU-ConvTranspose2d (x4), ConvTranspose2d (x2), identity, 2x2 max-pool.
-            Blocks after the last out index are not run, and ``norm_f`` does not
-            exist in this mode. Defaults to 'cls_token'.
+            blocks in ``out_indices``. As the official ``seg/backbone/vim.py``
+            (``VisionMambaSeg``, ``if_cls_token=False``): no class token (the
+            sequence is the patches, ``pos_embed`` has one entry per patch); the
+            feature of block i is its mixer output (not normed, no residual
+            added); then ConvTranspose2d-norm-GELU-ConvTranspose2d (x4),
+            ConvTranspose2d (x2), identity, 2x2 max-pool. Blocks after the last
+            out index are not run, and ``norm_f`` does not exist in this mode.
+            Defaults to 'cls_token'.
         out_indices (Sequence[int]): for 'featmap', the blocks feeding the
             stride 4, 8, 16 and 32 outputs, in that order (negative counts from the
             end; repeats allowed). Defaults to (5, 11, 17, 23).
@@ -283,8 +295,10 @@ class Vim(BaseModule):
 
         self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
         num_patches = self.patch_resolution[0] * self.patch_resolution[1]
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.with_cls_token = out_type == 'cls_token'
+        if self.with_cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.with_cls_token, dim))
 
         # Block i drops the mixer output of block i-1 with rate dpr[i-1]; the last
         # mixer's output (added before norm_f) gets dpr[-1] = drop_path_rate.
@@ -313,7 +327,8 @@ class Vim(BaseModule):
 
         # Official initialisation (models_mamba.VisionMamba).
         trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
+        if self.with_cls_token:
+            trunc_normal_(self.cls_token, std=.02)
         # lecun normal (truncated at 2 std) for the patch projection
         std = math.sqrt(1. / (in_channels * patch_size * patch_size)) / .87962566103423978
         nn.init.trunc_normal_(self.patch_embed.proj.weight, std=std, a=-2 * std, b=2 * std)
@@ -361,11 +376,13 @@ class Vim(BaseModule):
     def forward(self, x):
         self._check_input(x)
         tokens, hw = self.patch_embed(x)
-        num_patches = hw[0] * hw[1]
-        mid = num_patches // 2
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        hidden = torch.cat([tokens[:, :mid], cls, tokens[:, mid:]], dim=1)
-        hidden = hidden + resize_pos_embed(self.pos_embed, self.patch_resolution, hw)
+        mid = hw[0] * hw[1] // 2
+        hidden = tokens
+        if self.with_cls_token:
+            cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+            hidden = torch.cat([tokens[:, :mid], cls, tokens[:, mid:]], dim=1)
+        hidden = hidden + resize_pos_embed(self.pos_embed, self.patch_resolution, hw,
+                                           self.with_cls_token)
 
         residual, feats = None, {}
         for i, layer in enumerate(self.layers):
@@ -374,8 +391,7 @@ class Vim(BaseModule):
             else:
                 hidden, residual = layer(hidden, residual)
             if self.out_type == 'featmap' and i in self.out_indices:
-                patches = torch.cat([hidden[:, :mid], hidden[:, mid + 1:]], dim=1)
-                feats[i] = patches.transpose(1, 2).reshape(x.shape[0], -1, *hw).contiguous()
+                feats[i] = hidden.transpose(1, 2).reshape(x.shape[0], -1, *hw).contiguous()
                 if len(feats) == len(set(self.out_indices)):
                     break  # later blocks do not contribute
 
@@ -394,25 +410,50 @@ class Vim(BaseModule):
 
 
 def convert_official_vim(state, model):
-    """Official Vim (classification) state dict -> :class:`Vim` keys.
+    """Official Vim state dict (classification or segmentation) -> :class:`Vim` keys.
 
     Drops the classifier ``head.*`` (and ``rope.*`` buffers of rope variants) and
     resizes ``pos_embed`` from the checkpoint's square grid to ``model``'s
-    ``patch_resolution`` (class token entry kept in the middle). Other keys are
-    already named alike; leftovers (e.g. ``norm_f.weight`` for a dense model) are
-    reported as unexpected by :func:`load_pretrained`.
+    ``patch_resolution``:
+
+    - a classification checkpoint (``{'model': ...}``, middle class token) into
+      a 'cls_token' model: class token entry kept in the middle;
+    - the same into a 'featmap' model (ImageNet initialisation of a dense
+      model): ``cls_token`` and its ``pos_embed`` entry are dropped;
+    - an official segmentation checkpoint (``VisionMambaSeg``, mmseg's
+      ``{'state_dict': {'backbone.*': ...}}``, no class token) into a 'featmap'
+      model: names already alike (``fpn1``-``fpn4`` included; its SyncBN keys
+      are BN keys).
+
+    Other keys are already named alike; leftovers (e.g. ``norm_f.weight`` for a
+    dense model) are reported as unexpected by :func:`load_pretrained`.
+
+    Raises:
+        RuntimeError: for a checkpoint without class token loaded into a
+            'cls_token' model, or a ``pos_embed`` that is not a square grid.
     """
     state = {k: v for k, v in state.items()
              if not k.startswith(('head.', 'rope.'))}
-    if 'pos_embed' in state:
-        pos = state['pos_embed']
-        num_src = pos.shape[1] - 1
-        side = int(round(math.sqrt(num_src)))
-        dst = model.patch_resolution
-        if num_src != dst[0] * dst[1]:
-            if side * side != num_src:
-                raise RuntimeError(
-                    f'checkpoint pos_embed {tuple(pos.shape)} has {num_src} patch entries, '
-                    f'not a square grid; cannot resize it to {dst}')
-            state['pos_embed'] = resize_pos_embed(pos, (side, side), dst)
+    if 'pos_embed' not in state:
+        return state
+    pos = state['pos_embed']
+    has_cls = 'cls_token' in state
+    if model.with_cls_token and not has_cls:
+        raise RuntimeError(
+            f'checkpoint has no cls_token (pos_embed {tuple(pos.shape)}: a segmentation '
+            f'checkpoint?); it fits Vim(out_type="featmap"), not the class-token model')
+    num_src = pos.shape[1] - has_cls
+    if has_cls and not model.with_cls_token:
+        state.pop('cls_token')
+        mid = num_src // 2
+        pos = torch.cat([pos[:, :mid], pos[:, mid + 1:]], dim=1)
+    dst = model.patch_resolution
+    if num_src != dst[0] * dst[1]:
+        side = math.isqrt(num_src)
+        if side * side != num_src:
+            raise RuntimeError(
+                f'checkpoint pos_embed {tuple(state["pos_embed"].shape)} has {num_src} patch '
+                f'entries, not a square grid; cannot resize it to {dst}')
+        pos = resize_pos_embed(pos, (side, side), dst, model.with_cls_token)
+    state['pos_embed'] = pos
     return state
