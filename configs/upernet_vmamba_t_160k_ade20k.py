@@ -47,22 +47,7 @@ train_dataloader = dict(batch_size=4)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 
-# Multi-scale + flip evaluation (`tools/test.py ... --tta`): mmseg's ADE20K setting,
-# image ratios 0.5 .. 1.75 of the original size, each with and without horizontal flip,
-# logits averaged by SegTTAModel.
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_model = dict(type='SegTTAModel')
-tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in img_ratios],
-            [
-                dict(type='RandomFlip', prob=0., direction='horizontal'),
-                dict(type='RandomFlip', prob=1., direction='horizontal')
-            ],
-            [dict(type='LoadAnnotations')],
-            [dict(type='PackSegInputs')],
-        ])
-]
+# Multi-scale + flip evaluation (`tools/test.py ... --tta`): `tta_model` (SegTTAModel) and
+# `tta_pipeline` come with the mmseg bases (default_runtime, datasets/ade20k): image
+# ratios 0.5 .. 1.75 of the original size, each with and without horizontal flip,
+# logits averaged.

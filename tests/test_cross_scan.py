@@ -1,5 +1,4 @@
 """cross_scan / cross_merge against a direct index construction, every backend."""
-import os
 import sys
 
 import pytest
@@ -8,19 +7,11 @@ import torch
 from vmamba_mm.ops import cross_merge, cross_scan
 from vmamba_mm.ops.cross_scan import cross_merge_naive, cross_scan_naive
 
-DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-
-
-def _has_triton():
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available() or os.environ.get('TRITON_INTERPRET') == '1'
+from helpers import DEVICE, has_triton
 
 
 BACKENDS = ['reference', 'torch',
-            pytest.param('triton', marks=pytest.mark.skipif(not _has_triton(),
+            pytest.param('triton', marks=pytest.mark.skipif(not has_triton(),
                                                             reason='triton not installed'))]
 
 

@@ -13,15 +13,7 @@ import torch.nn.functional as F
 from vmamba_mm.ops import selective_scan
 from vmamba_mm.ops.selective_scan import selective_scan_naive
 
-DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-
-
-def _has_triton():
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available() or os.environ.get('TRITON_INTERPRET') == '1'
+from helpers import DEVICE, has_triton
 
 
 def make_inputs(batch, dim, L, N, G, *, z=False, D=False, delta_bias=False, bc_3d=False,
@@ -131,7 +123,7 @@ def test_torch_backend_matches_reference_float64(case):
 @pytest.mark.parametrize('backend', ['torch', 'triton'])
 def test_low_precision_inputs(backend, dtype, rtol, atol):
     """Inputs in fp32/fp16/bf16 (A stays fp32, as in the models); fp32 state inside."""
-    if backend == 'triton' and not _has_triton():
+    if backend == 'triton' and not has_triton():
         pytest.skip('triton not installed')
     case = (2, 8, 45, 4, 2, True, True, True, True, False, True)
     inputs, softplus, last = _case_inputs(case, seed=7)
@@ -150,7 +142,7 @@ def test_low_precision_inputs(backend, dtype, rtol, atol):
     compare(got, ref, rtol, atol)
 
 
-@pytest.mark.skipif(not _has_triton(), reason='triton not installed')
+@pytest.mark.skipif(not has_triton(), reason='triton not installed')
 @pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
 def test_triton_backend_matches_reference(case):
     """float32 on the Triton path (float64 is refused) against the float64 reference."""
@@ -235,7 +227,7 @@ def test_reference_matches_explicit_formula():
 @pytest.mark.parametrize('backend', ['torch', 'triton'])
 def test_strong_decay_is_finite(backend):
     """Documented assumption: delta * A <= 0. Huge |A| makes decays underflow to 0, never NaN/inf."""
-    if backend == 'triton' and not _has_triton():
+    if backend == 'triton' and not has_triton():
         pytest.skip('triton not installed')
     dtype = torch.float64 if backend == 'torch' else torch.float32
     inputs = make_inputs(1, 4, 70, 4, 1, delta_bias=True, softplus=True, dtype=dtype)
@@ -304,7 +296,7 @@ def test_errors(change, error, match):
 
 
 def test_triton_refuses_float64():
-    if not _has_triton():
+    if not has_triton():
         pytest.skip('triton not installed')
     kw = _good(torch.float64)
     with pytest.raises(TypeError, match='triton supports fp16/bf16/fp32'):
@@ -436,3 +428,15 @@ def test_softplus_is_exact_to_a_few_ulps():
     ulp = torch.finfo(torch.float32).eps * exact[finite].abs().clamp(min=torch.finfo(torch.float32).tiny)
     err_ulps = ((got[finite].double() - exact[finite]).abs() / ulp).max()
     assert err_ulps <= 4, f'softplus off by {err_ulps:.1f} ulps'
+
+
+def test_triton_on_cpu_tensors_without_interpreter_is_a_clear_error(monkeypatch):
+    """Both Triton operators refuse CPU tensors unless TRITON_INTERPRET=1 (one shared check)."""
+    if not has_triton():
+        pytest.skip('triton not installed')
+    from vmamba_mm.ops import cross_scan
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    with pytest.raises(RuntimeError, match='selective_scan: backend triton needs CUDA tensors'):
+        selective_scan(**_good(torch.float32), backend='triton')
+    with pytest.raises(RuntimeError, match='cross_scan: backend triton needs CUDA tensors'):
+        cross_scan(torch.randn(1, 2, 3, 4), backend='triton')

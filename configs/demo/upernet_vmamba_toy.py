@@ -96,8 +96,7 @@ val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 # Multi-scale + flip TTA exactly as the ADE20K configs (ratios of the original size).
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_model = dict(type='SegTTAModel')
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # tta_model comes with default_runtime
 tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
     dict(

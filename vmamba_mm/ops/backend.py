@@ -18,3 +18,16 @@ def pick_backend(fn, backend, t):
         raise ValueError(f'{fn}: unknown backend {backend!r}; choose one of {BACKENDS} '
                          f'(argument `backend` or environment variable {ENV_BACKEND})')
     return backend
+
+
+def triton_interpreted():
+    """Whether Triton kernels run through its interpreter (``TRITON_INTERPRET=1``),
+    which takes CPU tensors (how the tests run them without a GPU)."""
+    return os.environ.get('TRITON_INTERPRET') == '1'
+
+
+def check_triton_device(fn, t):
+    """Raise unless the 'triton' backend can run ``fn`` on ``t``'s device."""
+    if not t.is_cuda and not triton_interpreted():
+        raise RuntimeError(f'{fn}: backend triton needs CUDA tensors '
+                           f'(or TRITON_INTERPRET=1 to run the kernels on CPU)')

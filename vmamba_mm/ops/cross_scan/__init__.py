@@ -19,13 +19,20 @@ def _check_float(fn, name, t):
         raise TypeError(f'{fn}: {name} has dtype {t.dtype}; expected a floating dtype')
 
 
-def _triton(fn):
+def _implementation(fn, backend, t):
+    """The callable of ``fn`` ('cross_scan' or 'cross_merge') for the backend picked for ``t``."""
+    backend = pick_backend(fn, backend, t)
+    if backend == 'reference':
+        return cross_scan_naive if fn == 'cross_scan' else cross_merge_naive
+    if backend == 'torch':
+        from .functions import CrossMerge, CrossScan
+        return (CrossScan if fn == 'cross_scan' else CrossMerge).apply
     try:
         from .kernels import CrossMergeTriton, CrossScanTriton
     except ImportError as e:  # triton is optional: only this backend needs it
         raise ImportError(f"{fn} backend 'triton' needs the triton package ({e}); "
                           f"install triton or use backend='torch'") from e
-    return CrossScanTriton if fn == 'cross_scan' else CrossMergeTriton
+    return (CrossScanTriton if fn == 'cross_scan' else CrossMergeTriton).apply
 
 
 def cross_scan(x, backend=None):
@@ -42,13 +49,7 @@ def cross_scan(x, backend=None):
     _check_float('cross_scan', 'x', x)
     if x.dim() != 4:
         raise ValueError(f'cross_scan: x must be (B, C, H, W), got shape {tuple(x.shape)}')
-    backend = pick_backend('cross_scan', backend, x)
-    if backend == 'reference':
-        return cross_scan_naive(x)
-    if backend == 'torch':
-        from .functions import CrossScan
-        return CrossScan.apply(x)
-    return _triton('cross_scan').apply(x)
+    return _implementation('cross_scan', backend, x)(x)
 
 
 def cross_merge(ys, backend=None):
@@ -66,13 +67,7 @@ def cross_merge(ys, backend=None):
     if ys.dim() != 5 or ys.shape[1] != 4:
         raise ValueError(f'cross_merge: ys must be (B, 4, C, H, W) (K = 4 directions), '
                          f'got shape {tuple(ys.shape)}')
-    backend = pick_backend('cross_merge', backend, ys)
-    if backend == 'reference':
-        return cross_merge_naive(ys)
-    if backend == 'torch':
-        from .functions import CrossMerge
-        return CrossMerge.apply(ys)
-    return _triton('cross_merge').apply(ys)
+    return _implementation('cross_merge', backend, ys)(ys)
 
 
 __all__ = ['cross_scan', 'cross_merge', 'BACKENDS']

@@ -6,12 +6,11 @@ column-major ``w H + h`` and both reversed (``L - 1 - index``). Merge sums in
 float32 (float64 for float64 inputs). Backward of each is the other kernel.
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ..backend import check_triton_device
 from .functions import adjoint_pair
 
 
@@ -64,14 +63,8 @@ def _grid(B, C, H, W):
     return (B * C, triton.cdiv(H, BLOCK_H), triton.cdiv(W, BLOCK_W)), BLOCK_H, BLOCK_W
 
 
-def _check_device(t):
-    if not t.is_cuda and os.environ.get('TRITON_INTERPRET') != '1':
-        raise RuntimeError('cross_scan: backend triton needs CUDA tensors '
-                           '(or TRITON_INTERPRET=1 to run the kernels on CPU)')
-
-
 def cross_scan_triton_fwd(x):
-    _check_device(x)
+    check_triton_device('cross_scan', x)
     x = x.contiguous()
     B, C, H, W = x.shape
     out = x.new_empty(B, 4, C, H * W)
@@ -81,7 +74,7 @@ def cross_scan_triton_fwd(x):
 
 
 def cross_merge_triton_fwd(ys):
-    _check_device(ys)
+    check_triton_device('cross_merge', ys)
     ys = ys.contiguous()
     B, K, C, H, W = ys.shape
     out = ys.new_empty(B, C, H, W)

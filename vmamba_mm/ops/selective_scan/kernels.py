@@ -20,11 +20,11 @@ delta_bias are accumulated over L in registers and summed over the batch after.
 
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ..backend import check_triton_device, triton_interpreted
 
 
 @triton.jit
@@ -45,6 +45,31 @@ def _delta(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.con
 
 
 @triton.jit
+def _block_setup(pid_b, pid_d, A_ptr, bias_ptr, D_ptr, dim, L, G, dg, n_chunks,
+                 N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """What both kernels need for their (batch, channel block): channel and state
+    offsets, A (BLOCK_D, NP), dt bias and D (zeros when absent), and the row starts
+    of the block's u/delta sequences, of its B/C group's sequences and of its
+    boundary states (batch, dim, n_chunks, N)."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    group = (pid_d * BLOCK_D) // dg
+    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d)
+    row = (pid_b * dim + offs_d) * L  # (BLOCK_D,) start of each channel's sequence
+    bc_row = ((pid_b * G + group) * N + offs_n) * L  # (NP,)
+    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * N + offs_n[None, :]
+    return offs_d, offs_n, mask_n, A, bias, Dv, row, bc_row, state_off
+
+
+@triton.jit
 def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 out_ptr, states_ptr, last_ptr,
                 dim, L, G, dg, n_chunks,
@@ -53,20 +78,10 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 SOFTPLUS: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
     arange_l = tl.arange(0, BLOCK_L)
-    mask_n = offs_n < N
-    group = (pid_d * BLOCK_D) // dg
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d)
-    row = (pid_b * dim + offs_d) * L  # (BLOCK_D,) start of each channel's sequence
-    bc_row = ((pid_b * G + group) * N + offs_n) * L  # (NP,)
-    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * N + offs_n[None, :]
+    offs_d, offs_n, mask_n, A, bias, Dv, row, bc_row, state_off = _block_setup(
+        pid_b, pid_d, A_ptr, bias_ptr, D_ptr, dim, L, G, dg, n_chunks,
+        N, NP, BLOCK_D, HAS_BIAS, HAS_D)
     h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
     for k in range(0, n_chunks):
         tl.store(states_ptr + state_off + k * N, h, mask=mask_n[None, :])
@@ -106,24 +121,13 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
     arange_l = tl.arange(0, BLOCK_L)
-    mask_n = offs_n < N
-    group = (pid_d * BLOCK_D) // dg
+    offs_d, offs_n, mask_n, A, bias, Dv, row, bc_row, state_off = _block_setup(
+        pid_b, pid_d, A_ptr, bias_ptr, D_ptr, dim, L, G, dg, n_chunks,
+        N, NP, BLOCK_D, HAS_BIAS, HAS_D)
     # (BLOCK_D, NP) offsets into (batch, dim, N) tensors.
     dn_off = (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d)
-    row = (pid_b * dim + offs_d) * L
-    bc_row = ((pid_b * G + group) * N + offs_n) * L
     part_row = ((pid_b * n_blocks + pid_d) * N + offs_n) * L  # rows of dB/dC partials
-    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * N + offs_n[None, :]
     # Adjoint flowing into the end of the current chunk from the steps after it.
     carry = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
     if HAS_DLAST:
@@ -190,10 +194,6 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc)
 
 
-def _interpreted():
-    return os.environ.get('TRITON_INTERPRET') == '1'
-
-
 def _blocks(dim, G, N, backward):
     """(BLOCK_D, BLOCK_L, NP): tiles of (BLOCK_D, NP, BLOCK_L) elements.
 
@@ -204,7 +204,7 @@ def _blocks(dim, G, N, backward):
     they are not tuned by GPU timings yet.
     """
     NP = triton.next_power_of_2(N)
-    if _interpreted():  # the interpreter pays per element: small chunks, other blocks than GPU
+    if triton_interpreted():  # the interpreter pays per element: small chunks, other blocks than GPU
         BLOCK_L, cap = 16, (4 if backward else 8)
     else:
         BLOCK_L = 64 if NP <= 4 else 32
@@ -296,8 +296,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         if t is not None and t.dtype not in allowed:
             raise TypeError(f'selective_scan: backend triton supports fp16/bf16/fp32 inputs, '
                             f'{name} is {t.dtype} (use backend="torch" or cast explicitly)')
-    if not u.is_cuda and not _interpreted():
-        raise RuntimeError('selective_scan: backend triton needs CUDA tensors '
-                           '(or TRITON_INTERPRET=1 to run the kernels on CPU)')
+    check_triton_device('selective_scan', u)
     return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias,
                                       bool(delta_softplus), bool(return_last_state))
