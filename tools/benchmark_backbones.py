@@ -11,6 +11,9 @@ and writes a JSON record (device, versions, shapes, times, faults, ratios).
 
     python tools/benchmark_backbones.py [--rounds 7] [--threads N] [--out PATH]
 
+The record goes to ``work_dirs/benchmarks/backbones_cpu.json`` unless ``--out`` says
+otherwise (the kept records in ``docs/benchmarks/`` are written only on purpose).
+
 With glibc's malloc told to keep freed memory (no page faults for either model):
 
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=10737418240 \
@@ -90,7 +93,8 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads (default: torch default)')
     parser.add_argument('--size', type=int, default=224)
-    parser.add_argument('--out', default='docs/benchmarks/backbones_cpu.json')
+    parser.add_argument('--out', default='work_dirs/benchmarks/backbones_cpu.json',
+                        help='JSON record path (default: %(default)s)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
