@@ -140,6 +140,7 @@ def test_config_flops_and_cli_json(tmp_path):
     assert data['shape'] == [32, 32]
     assert math.isclose(data['flops_g'], round(res['flops'] / 1e9, 3))
     assert math.isclose(data['params_m'], round(res['params'] / 1e6, 3))
+    assert (data['flops'], data['params']) == (res['flops'], res['params'])
 
 
 def test_config_flops_bad_input(tmp_path, capsys):

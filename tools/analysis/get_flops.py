@@ -8,7 +8,8 @@ one FLOP) plus vmamba_mm's handle for the selective scan (VMamba's formula, see
     python tools/analysis/get_flops.py configs/vmamba_t_in1k_cls.py --shape 224 224 --json
 
 Default shapes: classification 224x224, detection 1280x800, segmentation 512x2048.
-With ``--json`` the last line printed is ``{"flops_g": ..., "params_m": ..., ...}``.
+With ``--json`` the last line printed is ``{"flops_g": ..., "params_m": ..., ...}``
+(also the exact counts ``flops`` and ``params``).
 """
 import argparse
 import json
@@ -56,7 +57,8 @@ def main(argv=None):
     if args.json:
         print(json.dumps(dict(config=args.config, shape=[h, w],
                               flops_g=round(res['flops'] / 1e9, 3),
-                              params_m=round(res['params'] / 1e6, 3))))
+                              params_m=round(res['params'] / 1e6, 3),
+                              flops=res['flops'], params=res['params'])))
 
 
 if __name__ == '__main__':
