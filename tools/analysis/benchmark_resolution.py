@@ -1,8 +1,9 @@
 """Time and peak memory against input size: VMamba-T, Vim-Ti, Swin-T, DeiT-Ti.
 
 Batch 1, square inputs, random weights. For every (model, size, task) point a
-fresh Python process builds the backbone, runs ``--warmup`` untimed steps and then
-``--reps`` timed ones, and reports the median time and the peak memory:
+fresh Python process builds the backbone, runs ``--warmup`` untimed steps, then
+``--reps`` timed ones (the median is reported), then one more step for the peak
+memory:
 
 * inference: eval mode, ``torch.no_grad()`` forward;
 * train: train mode, forward + backward of the sum of the outputs' means
@@ -15,13 +16,14 @@ the position embedding resized to the input), the comparison of the Vim paper.
 
 Peak memory, what one step adds on top of the model and its input:
 
-* CPU: the process's resident-set high-water mark (``VmHWM`` in
+* CPU: glibc's ``malloc_trim(0)`` first (the freed memory that malloc keeps from
+  the earlier steps goes back to the kernel, so the resident size is the live
+  memory), then the process's resident-set high-water mark (``VmHWM`` in
   ``/proc/self/status``, reset to the current resident size through
-  ``/proc/self/clear_refs`` just before each timed step) minus the resident size
-  just before it; the largest over the timed steps. A fresh process per point,
-  so no allocator cache of an earlier point hides or inflates it.
-* CUDA: ``torch.cuda.max_memory_allocated()`` (reset before each timed step)
-  minus ``torch.cuda.memory_allocated()`` before it: tensors only, not the
+  ``/proc/self/clear_refs``) after the step minus the resident size before it.
+  The trim makes that step pay page faults, so it is not one of the timed ones.
+* CUDA: ``torch.cuda.max_memory_allocated()`` (peak statistics reset before the
+  step) minus ``torch.cuda.memory_allocated()`` before it: tensors only, not the
   caching allocator's reserve. TF32 settings are recorded.
 
 Goal (for VMamba-T and Vim-Ti): from 512^2 up, time and memory grow by at most
@@ -107,29 +109,47 @@ def _status_kib(field):
     raise RuntimeError(f'/proc/self/status has no {field} line')
 
 
-def measure(step, device):
-    """Run ``step`` once: (seconds, peak bytes it added; see the module docstring)."""
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library('c'))
+    if not hasattr(libc, 'malloc_trim'):
+        raise RuntimeError('CPU peak memory needs glibc (malloc_trim)')
+    libc.malloc_trim(0)
+
+
+def timed(step, device):
+    """Seconds of one ``step`` (synchronised on CUDA)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_memory(step, device):
+    """Bytes one ``step`` adds at its peak over the memory live before it (see the
+    module docstring for how, on CPU and on CUDA)."""
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        start = time.perf_counter()
         step()
         torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        return seconds, torch.cuda.max_memory_allocated(device) - before
+        return torch.cuda.max_memory_allocated(device) - before
+    _malloc_trim()
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # VmHWM := VmRSS
     before = _status_kib('VmRSS')
-    start = time.perf_counter()
     step()
-    seconds = time.perf_counter() - start
-    return seconds, (_status_kib('VmHWM') - before) * 1024
+    return (_status_kib('VmHWM') - before) * 1024
 
 
 def run_point(name, size, task, reps, warmup, device):
-    """One point, in this process: build, warm up, time; a JSON-able dict."""
+    """One point, in this process: build, warm up, time, measure; a JSON-able dict."""
     torch.manual_seed(0)
     device = torch.device(device)
     model = build_model(name).to(device)
@@ -137,10 +157,9 @@ def run_point(name, size, task, reps, warmup, device):
     step = make_step(model, x, task)
     for _ in range(warmup):
         step()
-    runs = [measure(step, device) for _ in range(reps)]
-    times = [t for t, _ in runs]
+    times = [timed(step, device) for _ in range(reps)]
     return dict(time_s=statistics.median(times), times_s=times,
-                peak_mem_bytes=max(m for _, m in runs), peak_mem_bytes_all=[m for _, m in runs],
+                peak_mem_bytes=peak_memory(step, device),
                 params=sum(p.numel() for p in model.parameters()))
 
 
@@ -324,11 +343,11 @@ def main(argv=None):
         scan_backend=os.environ.get('VMAMBA_MM_SCAN_BACKEND') or 'auto',
         load_avg_1_5_15min_at_start=os.getloadavg(), batch=1, sizes=args.sizes,
         reps=args.reps, warmup=args.warmup, timing='median of the timed steps, seconds',
-        peak_memory=('CPU: max over the timed steps of VmHWM (reset through /proc/self/clear_refs '
-                     'before each step) minus VmRSS before it; fresh process per point'
-                     if args.device == 'cpu' else
-                     'CUDA: max over the timed steps of max_memory_allocated minus '
-                     'memory_allocated before the step'),
+        peak_memory=('CPU: one step after the timed ones: malloc_trim(0), VmHWM reset through '
+                     '/proc/self/clear_refs, then VmHWM after the step minus VmRSS before it; '
+                     'fresh process per point' if args.device == 'cpu' else
+                     'CUDA: one step after the timed ones: max_memory_allocated (reset before) '
+                     'minus memory_allocated before the step'),
         goal=dict(statement=f'from {GOAL_FROM}^2 up, time and memory of VMamba-T and Vim-Ti grow '
                   f'by at most {GOAL_FACTOR}x the pixel ratio', from_size=anchor,
                   factor=GOAL_FACTOR),

@@ -215,7 +215,8 @@ def plot(results, path, decades):
     for ax, res in zip(axes[0], results):
         erf = res['erf'] / res['erf'].max()
         image = ax.imshow(erf.clamp_min(10.0 ** -decades).numpy(), cmap='RdYlGn', norm=norm)
-        ax.set_title(f"{res['label']}\noutput {res['stage']} {res['feature_size'][0]}x"
+        which = 'last output' if res['stage'] == -1 else f"output {res['stage']}"
+        ax.set_title(f"{res['label']}\n{which} {res['feature_size'][0]}x"
                      f"{res['feature_size'][1]}, area(99%) {res['area_ratio'][0.99]:.2f}",
                      fontsize=9)
         ax.set_xticks([])
