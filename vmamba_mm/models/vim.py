@@ -29,15 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
-from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
 from ..ops import selective_scan
 from ..registry import register_model
 from .checkpoint import load_pretrained
-from .utils import at_least_fp32, check_backend_name
+from .utils import DropPath, at_least_fp32, build_norm_layer, check_backend_name
 
 
 class RMSNorm(nn.Module):
@@ -327,7 +325,7 @@ class Vim(BaseModule):
             # Pyramid as the official seg/backbone/vim.py (same module names).
             self.fpn1 = nn.Sequential(
                 nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
-                build_norm_layer(norm_cfg, dim)[1],
+                build_norm_layer(norm_cfg, dim),
                 nn.GELU(),
                 nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
             self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))

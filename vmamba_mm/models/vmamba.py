@@ -24,14 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..ops import cross_merge, cross_scan, selective_scan
 from ..registry import register_model
 from .checkpoint import load_pretrained
-from .utils import at_least_fp32, check_backend_name, linear
+from .utils import DropPath, at_least_fp32, check_backend_name, linear
 
 # Released configurations (classification/configs/vssm/vmambav2*_224.yaml).
 ARCH_SETTINGS = {
