@@ -21,6 +21,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+from vmamba_mm.engine import DatasetError  # noqa: E402
 from vmamba_mm.engine.checkpoint import checkpoint_problem  # noqa: E402
 from vmamba_mm.runner import (add_runner_arguments, build_runner, check_data_paths,  # noqa: E402
                               checkpoint_fit_problems, default_work_dir, load_config,
@@ -116,7 +117,10 @@ def main(argv=None):
         else:
             from mmengine.evaluator import DumpResults as Dump
         runner.test_evaluator.metrics.append(Dump(out_file_path=args.out))
-    runner.test()
+    try:
+        runner.test()
+    except DatasetError as e:
+        raise SystemExit(f'test.py: error: {e}')
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from vmamba_mm.engine import DivergenceError  # noqa: E402
+from vmamba_mm.engine import DatasetError, DivergenceError  # noqa: E402
 from vmamba_mm.runner import (add_runner_arguments, build_runner, check_data_paths,  # noqa: E402
                               default_work_dir, load_config, parse_runner_args, register_scope,
                               setup_launcher, task_scope)
@@ -78,7 +78,7 @@ def main(argv=None):
     runner = build_runner(cfg)
     try:
         runner.train()
-    except DivergenceError as e:
+    except (DatasetError, DivergenceError) as e:
         raise SystemExit(f'train.py: error: {e}')
 
 

@@ -57,12 +57,20 @@ def checkpoint_problem(path):
     """Why ``path`` is not a complete ``torch.save`` file, or None if it is.
 
     Reads the whole file and checks every zip member's CRC (what a kill while
-    saving, a full disk or a truncated copy breaks), without unpickling.
+    saving, a full disk or a truncated copy breaks), without unpickling. Files
+    of torch's legacy (pre-1.6, non-zip) format cannot be checked this way and
+    are accepted.
     """
     if not osp.exists(path):
         return 'file does not exist'
     if not osp.isfile(path):
         return 'not a file'
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head[:1] == b'\x80':  # a pickle stream: torch's legacy format
+        return None
+    if head != b'PK\x03\x04':
+        return f'not a torch checkpoint (starts with {head!r}; size {osp.getsize(path)} bytes)'
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()

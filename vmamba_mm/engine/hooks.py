@@ -23,9 +23,9 @@ class DivergenceError(RuntimeError):
 class DivergenceGuardHook(Hook):
     """Stop training at the first non-finite loss (or gradient norm).
 
-    After every training iteration it checks the logged loss terms and, when the
-    optimizer wrapper clips gradients, the gradient norm of that iteration; a
-    non-finite value raises :class:`DivergenceError` naming the epoch, the
+    After every training iteration it checks the logged loss terms (the keys
+    with 'loss' in their name, as mmengine sums them) and, when the optimizer
+    wrapper clips gradients (``clip_grad``), the gradient norm; a non-finite value raises :class:`DivergenceError` naming the epoch, the
     iteration and every loss term, before any later hook (logging, checkpoint)
     runs, so no checkpoint of the diverged weights is written. Before every
     checkpoint is written it checks that all its weights and buffers are finite.
@@ -53,7 +53,6 @@ class DivergenceGuardHook(Hook):
         self.max_skipped_steps = max_skipped_steps
         self.skipped = 0
         self._scale = None
-        self._grad_norm_count = 0
 
     @staticmethod
     def _scaler(runner):
@@ -67,8 +66,6 @@ class DivergenceGuardHook(Hook):
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         scaler = self._scaler(runner)
         self._scale = scaler.get_scale() if scaler is not None else None
-        buf = self._grad_norm_buffer(runner)
-        self._grad_norm_count = len(buf.data[0]) if buf is not None else 0
 
     def _where(self, runner, batch_idx):
         if isinstance(runner.train_loop, IterBasedTrainLoop):
@@ -79,15 +76,15 @@ class DivergenceGuardHook(Hook):
         terms = {k: float(v) for k, v in (outputs or {}).items()
                  if isinstance(v, (int, float, torch.Tensor)) and (
                      not isinstance(v, torch.Tensor) or v.numel() == 1)}
-        bad_loss = [k for k, v in terms.items() if not math.isfinite(v)]
+        bad_loss = [k for k, v in terms.items() if 'loss' in k and not math.isfinite(v)]
         scaler = self._scaler(runner)
         bad_grad = None
         skipped = False
         if scaler is not None:
             skipped = self._scale is not None and scaler.get_scale() < self._scale
         else:
-            buf = self._grad_norm_buffer(runner)
-            if buf is not None and len(buf.data[0]) > self._grad_norm_count:
+            buf = self._grad_norm_buffer(runner)  # present when clip_grad is set
+            if buf is not None:
                 grad_norm = float(buf.current())
                 if not math.isfinite(grad_norm):
                     bad_grad = grad_norm

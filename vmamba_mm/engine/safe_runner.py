@@ -7,7 +7,12 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from .checkpoint import atomic_replace, checkpoint_problem, resume_candidates
+from .data_checks import annotation_problems, missing_files
 from .hooks import RandomStateHook, SafeCheckpointHook, get_rng_state
+
+
+class DatasetError(RuntimeError):
+    """A dataset's annotation file or listed files cannot be used."""
 
 
 @RUNNERS.register_module()
@@ -26,6 +31,7 @@ class SafeRunner(Runner):
       process); ``resume`` restores them where the checkpoint was written
       (:class:`RandomStateHook`). With deterministic settings a killed and
       resumed run ends bit-identical to an uninterrupted one.
+    - **Checked datasets**: see :meth:`build_dataloader`.
     - **Fault-tolerant auto-resume** (``resume=True`` without ``load_from``): the
       newest readable checkpoint among ``last_checkpoint`` and the work dir's
       ``epoch_*.pth`` / ``iter_*.pth``; an unreadable or missing one is skipped
@@ -34,6 +40,33 @@ class SafeRunner(Runner):
       from scratch (logged). An explicit ``load_from`` that cannot be read is an
       error naming it.
     """
+
+    def build_dataloader(self, dataloader, seed=None, diff_rank_seed=False):
+        """As :meth:`Runner.build_dataloader`, with the dataset checked: a dataset
+        that fails to build is reported with its annotation file (and, for COCO
+        files, the missing fields); files it lists that do not exist stop the run
+        here, listed, instead of when a sample reaches them."""
+        if not isinstance(dataloader, dict):
+            return super().build_dataloader(dataloader, seed, diff_rank_seed)
+        dataset_cfg = dataloader.get('dataset', {})
+        try:
+            loader = super().build_dataloader(dataloader, seed, diff_rank_seed)
+        except Exception as e:
+            cfgs = [dataset_cfg]
+            while isinstance(cfgs[-1], dict) and isinstance(cfgs[-1].get('dataset'), dict):
+                cfgs.append(cfgs[-1]['dataset'])
+            named = [c for c in cfgs if isinstance(c, dict) and c.get('ann_file')]
+            where = ''.join(f'\n  {c.get("type")}: data_root={c.get("data_root")!r}, '
+                            f'ann_file={c.get("ann_file")!r}' for c in named)
+            found = [p for c in named for p in annotation_problems(c)]
+            raise DatasetError(
+                f'cannot build the dataset ({type(e).__name__}: {e}){where}' +
+                (''.join(f'\n  {p}' for p in found))) from e
+        problem = missing_files(loader.dataset)
+        if problem:
+            raise DatasetError(f'{type(loader.dataset).__name__} '
+                               f'(data_root={dataset_cfg.get("data_root")!r}): {problem}')
+        return loader
 
     def register_hooks(self, default_hooks=None, custom_hooks=None):
         super().register_hooks(default_hooks, custom_hooks)
