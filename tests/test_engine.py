@@ -123,6 +123,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(toy, uninterrupted, tmp_path
     newest = work / 'epoch_4.pth'
     data = newest.read_bytes()
     newest.write_bytes(data[:len(data) // 2])  # what a kill while writing would leave
+    (work / 'last_checkpoint').write_text(str(newest))
     _, out = train(toy['cfg'], '--work-dir', work, '--resume',
                    '--cfg-options', 'train_cfg.max_epochs=5')
     assert f'skipping checkpoint {newest} (named in last_checkpoint): unreadable' in out

@@ -73,9 +73,9 @@ class DivergenceGuardHook(Hook):
         return f'epoch {runner.epoch + 1}, iteration {runner.iter + 1} (batch {batch_idx + 1} of the epoch)'
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        terms = {k: float(v) for k, v in (outputs or {}).items()
-                 if isinstance(v, (int, float, torch.Tensor)) and (
-                     not isinstance(v, torch.Tensor) or v.numel() == 1)}
+        terms = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                 for k, v in (outputs or {}).items()
+                 if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
         bad_loss = [k for k, v in terms.items() if 'loss' in k and not math.isfinite(v)]
         scaler = self._scaler(runner)
         bad_grad = None
