@@ -113,8 +113,9 @@ def test_check_dataset_lists_every_problem_in_one_pass(toy):
     with open(val_ann, 'w') as f:
         json.dump(coco, f)
     code, out = tool('data/check_dataset.py', cfg, expect_ok=False)
-    assert code == 1 and '3 problems' in out
+    assert code == 1 and '4 problems (train: 4 files read)' in out
     assert f"[train] img_path {osp.join(data, 'train2017', train_imgs[0])}: file does not exist" in out
     assert f"[train] img_path {osp.join(data, 'train2017', train_imgs[1])}: cannot decode" in out
     assert f"[val] {val_ann}: 1 annotations without required fields: annotations[0] lacks " \
            "['area']" in out
+    assert "[val] cannot build CocoDataset (data_root=" in out and "KeyError: 'area'" in out
