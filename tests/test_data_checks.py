@@ -74,6 +74,7 @@ def test_coco_problems(tmp_path):
         'annotations[1] bbox [0, 0, 0, 2]']
 
 
+@pytest.mark.slow
 def test_train_names_a_bad_annotation_file(toy):
     data, cfg = broken_copy(toy, 'empty_ann')
     ann = osp.join(data, 'annotations', 'instances_train2017.json')
@@ -85,6 +86,7 @@ def test_train_names_a_bad_annotation_file(toy):
     assert f"{ann}: missing required COCO field(s) ['images', 'annotations', 'categories']" in out
 
 
+@pytest.mark.slow
 def test_train_lists_missing_images_before_training(toy):
     data, cfg = broken_copy(toy, 'missing_img')
     images = sorted(os.listdir(osp.join(data, 'train2017')))
@@ -97,6 +99,7 @@ def test_train_lists_missing_images_before_training(toy):
     assert 'Epoch(train)' not in out  # stopped before the first iteration
 
 
+@pytest.mark.slow
 def test_check_dataset_lists_every_problem_in_one_pass(toy):
     code, out = tool('data/check_dataset.py', write_config(toy['tmp'] / 'clean.py', toy['data']))
     assert code == 0 and 'OK: train: 4 files, val: 2 files read, no problem found' in out

@@ -86,6 +86,7 @@ def test_every_config_inherits_the_guard():
         assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook', path
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(toy, uninterrupted):
     """Run B is SIGKILLed right after its 2nd checkpoint, then resumed with --resume:
     its final checkpoint equals run A's in every tensor (weights, buffers, AdamW
@@ -117,6 +118,7 @@ def test_killed_run_resumes_bit_identical(toy, uninterrupted):
     assert any(not torch.equal(ref[k], got[k]) for k in ref)
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_newest_checkpoint(toy, uninterrupted, tmp_path):
     work = tmp_path / 'w'
     shutil.copytree(uninterrupted, work)
@@ -167,6 +169,7 @@ def test_auto_resume_candidates_stale_pointer_and_none_readable(tmp_path):
     assert SafeRunner._newest_readable_checkpoint(_fake_runner(empty)) is None
 
 
+@pytest.mark.slow
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(toy, tmp_path):
     """NaN weights before iteration 4 (epoch 2): training stops there with an error
     naming epoch, iteration and loss terms; with max_keep_ckpts=1 epoch_1.pth
@@ -253,6 +256,7 @@ def test_state_dict_mismatch_allowance():
     assert format_mismatch(state_dict_mismatch(model, dict(model))) == ''
 
 
+@pytest.mark.slow
 def test_test_tool_refuses_a_checkpoint_of_another_model(toy, uninterrupted, tmp_path):
     ckpt = uninterrupted / 'epoch_4.pth'
     _, out = run_test_tool(toy['cfg'], ckpt, '--work-dir', tmp_path / 'ok')
