@@ -193,3 +193,69 @@ def test_benchmarks_write_under_work_dirs_by_default(tmp_path, monkeypatch):
     load_tool('benchmark_backbones').main(['--rounds', '1', '--warmup', '0', '--size', '32'])
     assert (tmp_path / 'work_dirs/benchmarks/backbones_cpu.json').is_file()
     assert not (tmp_path / 'docs').exists()
+
+
+def build_config_model(path):
+    import importlib
+
+    from mmengine.registry import init_default_scope
+
+    from vmamba_mm.runner import load_config, register_scope, task_scope
+    cfg = load_config(path)
+    scope = task_scope(cfg)
+    register_scope(scope)
+    init_default_scope(scope)
+    return importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model)
+
+
+def test_metafile_lists_every_config():
+    import glob
+
+    import yaml
+    with open(osp.join(ROOT, 'metafile.yml')) as f:
+        meta = yaml.safe_load(f)
+    collections = {c['Name']: c for c in meta['Collections']}
+    assert set(collections) == {'VMamba', 'Vim'}
+    assert collections['VMamba']['Paper']['URL'] == 'https://arxiv.org/abs/2401.10166'
+    assert collections['Vim']['Paper']['URL'] == 'https://arxiv.org/abs/2401.09417'
+    configs = sorted(osp.relpath(p, ROOT)
+                     for p in glob.glob(osp.join(ROOT, 'configs/**/*.py'), recursive=True)
+                     if '/_base_/' not in p)  # shared pieces, not models
+    models = meta['Models']
+    assert sorted(m['Config'] for m in models) == configs
+    for m in models:
+        assert m['Name'] == osp.splitext(osp.basename(m['Config']))[0]
+        assert m['In Collection'] in collections
+        for key in ('FLOPs', 'Parameters'):
+            assert isinstance(m['Metadata'][key], int) and m['Metadata'][key] > 0, (m['Name'], key)
+        for result in m.get('Results', []):
+            assert set(result) == {'Task', 'Dataset', 'Metrics'} and result['Metrics']
+        assert m.get('Weights', 'https://').startswith('https://')
+    by_name = {m['Name']: m for m in models}
+    # same model, other schedule / augmentation
+    for size in 'ts':
+        one, three = by_name[f'mask_rcnn_vmamba_{size}_1x'], by_name[f'mask_rcnn_vmamba_{size}_3x_ms']
+        assert one['Metadata']['FLOPs'] == three['Metadata']['FLOPs']
+        assert one['Metadata']['Parameters'] == three['Metadata']['Parameters']
+    assert by_name['vmamba_t_in1k_cls']['Metadata']['Parameters'] == 30249064
+    assert by_name['vim_ti_in1k_cls']['Metadata']['Parameters'] == 7148008
+
+
+CHEAP_CONFIGS = ['configs/vmamba_t_in1k_cls.py', 'configs/vim_ti_in1k_cls.py',
+                 'configs/upernet_vim_t_160k_ade20k.py', 'configs/demo/mask_rcnn_vmamba_toy.py',
+                 'configs/demo/upernet_vmamba_toy.py', 'configs/demo/mask_rcnn_vim_toy.py',
+                 'configs/demo/upernet_vim_toy.py']
+
+
+@pytest.mark.slow
+def test_metafile_counts_match_the_built_models():
+    import yaml
+    with open(osp.join(ROOT, 'metafile.yml')) as f:
+        meta = {m['Config']: m['Metadata'] for m in yaml.safe_load(f)['Models']}
+    for path in CHEAP_CONFIGS:
+        model = build_config_model(osp.join(ROOT, path))
+        assert meta[path]['Parameters'] == sum(p.numel() for p in model.parameters()), path
+    # FLOPs as tools/analysis/get_flops.py counts them (its default input size)
+    from vmamba_mm.flops import config_flops
+    res = config_flops(osp.join(ROOT, 'configs/vim_ti_in1k_cls.py'))
+    assert meta['configs/vim_ti_in1k_cls.py']['FLOPs'] == res['flops']
