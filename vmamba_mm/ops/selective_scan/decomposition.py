@@ -37,20 +37,35 @@ CHUNK = 16
 SPAN = CHUNK * CHUNK
 
 
-def _recurrence(a, x, dim, h=None, out=None):
-    """``h_t = a_t h_{t-1} + x_t`` along the fixed-size axis ``dim`` from ``h``
+def softplus(x):
+    """``log(1 + exp(x))`` from Exp, Log and arithmetic, exact to a few ulps.
+
+    ``max(x, 0) + log1p(exp(-|x|))`` with ``log1p(v) = log(w) - ((w - 1) - v) / w``,
+    ``w = 1 + v`` rounded (``w - 1`` and the difference are exact). onnxruntime's
+    own Softplus is several times slower on CPU, and ONNX has no Log1p.
+    """
+    v = torch.exp(-x.abs())
+    w = 1 + v
+    return torch.relu(x) + (torch.log(w) - ((w - 1) - v) / w)
+
+
+def _sum_state(x):
+    """Sum over the trailing state dim N (a squeeze when N == 1)."""
+    return x.squeeze(-1) if x.shape[-1] == 1 else x.sum(-1)
+
+
+def _recurrence(a, x, h=None, out=None):
+    """``h_t = a_t h_{t-1} + x_t`` over the steps of the lists ``a``, ``x`` from ``h``
     (None: zero).
 
-    Returns the last state, or, with ``out``, also ``stack([out(h_t, t)])``
-    along ``dim``.
+    Returns the last state, or, with ``out``, also the list ``[out(h_t, t)]``.
     """
-    a_t, x_t = a.unbind(dim), x.unbind(dim)
     outs = []
-    for t in range(len(x_t)):
-        h = x_t[t] if h is None else a_t[t] * h + x_t[t]
+    for t in range(len(x)):
+        h = x[t] if h is None else a[t] * h + x[t]
         if out is not None:
             outs.append(out(h, t))
-    return h if out is None else (h, torch.stack(outs, dim))
+    return h if out is None else (h, outs)
 
 
 def _block_end_states(s, e):
@@ -107,38 +122,47 @@ def selective_scan_decomposed(u, delta, A, B, C, D=None, z=None, delta_bias=None
     if delta_bias is not None:
         dt = dt + delta_bias.to(acc)
     if delta_softplus:
-        dt = F.softplus(dt)
+        dt = softplus(dt)
 
     n = (L + SPAN - 1) // SPAN
-    # Padding as a gather (positions >= L read position L - 1, then zeroed): the
-    # padded length is n * SPAN by construction, for any symbolic L.
+    # Padding as a gather (positions >= L read position L - 1) on the (batch, L, ...)
+    # inputs: the padded length is n * SPAN by construction, for any symbolic L.
+    # Only the time steps need zeros there (decay 1, input 0).
     pos = torch.arange(n * SPAN, device=u.device)
     src = pos.clamp(max=L - 1)
-    valid = (pos < L).view(1, n * SPAN, 1, 1, 1)
+    dt = torch.where((pos < L).view(1, n * SPAN, 1), dt.index_select(1, src), 0.0)
+    uf_p = uf.index_select(1, src)
+    B, C = (t.to(acc).index_select(1, src) for t in (B, C))
 
-    def blocks(t):  # (batch, L, G, d, N) -> (batch, n, CHUNK, CHUNK, G, d, N), zero-padded
-        t = torch.where(valid, t.index_select(1, src), 0.0)
+    def blocks(t):  # (batch, n * SPAN, ...) -> (batch, n, CHUNK, CHUNK, ...)
         return t.reshape(batch, n, CHUNK, CHUNK, *t.shape[2:])
 
-    s = blocks(dt.reshape(batch, L, G, dg, 1) * A.to(acc).reshape(G, dg, N))  # log-decays
-    x = blocks((dt * uf).reshape(batch, L, G, dg, 1) * B.to(acc).reshape(batch, L, G, 1, N))
-    Cb = blocks(C.to(acc).reshape(batch, L, G, 1, N))
-    a = torch.exp(s)
-    s_chunk = s.sum(3)  # (batch, n, CHUNK, G, dg, N)
-    a_chunk = torch.exp(s_chunk)
-    # 1-2. End states of chunks and blocks from zero.
-    e_chunk = _recurrence(a, x, 3)
-    e_block = _recurrence(a_chunk, e_chunk, 2)
+    # Per step of the chunks, (batch, n, CHUNK, G, dim // G, N): decays exp(dt * A),
+    # inputs dt * u * B, built from the step slices of the (N times smaller) inputs.
+    Lp = n * SPAN
+    A = A.to(acc).reshape(G, dg, N)
+    dtu = blocks((dt * uf_p).reshape(batch, Lp, G, dg, 1))
+    dt = blocks(dt.reshape(batch, Lp, G, dg, 1))
+    B_t = blocks(B.reshape(batch, Lp, G, 1, N)).unbind(3)
+    C_t = blocks(C.reshape(batch, Lp, G, 1, N)).unbind(3)
+    a = [torch.exp(d * A) for d in dt.unbind(3)]
+    x = [d * b for d, b in zip(dtu.unbind(3), B_t)]
+    # Chunk decays from their log-decays sum(dt) * A: (batch, n, CHUNK, G, dg, N).
+    s_chunk = dt.sum(3) * A
+    a_chunk = torch.exp(s_chunk).unbind(2)
+    # 1-2. End states of the chunks, then of the blocks, from zero.
+    e_chunk = _recurrence(a, x).unbind(2)
+    e_block = _recurrence(a_chunk, e_chunk)
     # 3. True end states of the blocks; the last one is the sequence's (padding keeps it).
     h_block = _block_end_states(s_chunk.sum(2), e_block)
     last = h_block[:, -1].reshape(batch, dim, N)
-    # 4. True start state of every chunk.
+    # 4. True start state of every chunk: that of its block, then of the chunks after it.
     start_block = _shift_in(torch.zeros_like(h_block[:, 0]), h_block, 1)
-    _, h_chunk = _recurrence(a_chunk, e_chunk, 2, start_block, out=lambda h, t: h)
-    start_chunk = _shift_in(start_block, h_chunk, 2)
+    _, h_chunk = _recurrence(a_chunk, e_chunk, start_block, out=lambda h, t: h)
+    start_chunk = torch.stack([start_block] + h_chunk[:-1], 2)
     # 5. All states from their true chunk starts, reduced with C step by step.
-    C_t = Cb.unbind(3)
-    _, y = _recurrence(a, x, 3, start_chunk, out=lambda h, t: (h * C_t[t]).sum(-1))
+    _, y = _recurrence(a, x, start_chunk, out=lambda h, t: _sum_state(h * C_t[t]))
+    y = torch.stack(y, 3)  # (batch, n, CHUNK, CHUNK, G, dg)
     y = y.reshape(batch, n * SPAN, dim).index_select(1, torch.arange(L, device=u.device))
     if D is not None:
         y = y + uf * D.to(acc)
