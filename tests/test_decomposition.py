@@ -165,3 +165,66 @@ def test_selective_scan_decomposed_exports_for_a_symbolic_length():
         a = args(length, length)
         for got, want in zip(ep.module()(*a), Scan()(*a)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class _ScanModule(torch.nn.Module):
+    """The three registered operators as VMamba's SS2D chains them (time-major),
+    plus a channel-major scan with a gate as Vim's mixer calls it."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.A = torch.nn.Parameter(-torch.rand(8, 2, generator=gen) - 0.1)
+        self.D = torch.nn.Parameter(torch.randn(8, generator=gen))
+        self.bias = torch.nn.Parameter(torch.randn(8, generator=gen))
+
+    def forward(self, x):  # (B, 2, H, W)
+        from vmamba_mm.ops import cross_merge, cross_scan, selective_scan
+        B, _, H, W = x.shape
+        xs = cross_scan(x.permute(0, 2, 3, 1), layout='time_major')  # (B, L, 4, 2)
+        u = xs.reshape(B, H * W, 8)
+        BC = xs.reshape(B, H * W, 2, 4)
+        y = selective_scan(u, u * 0.5, self.A, BC[..., :2], BC[..., 2:], self.D,
+                           delta_bias=self.bias, delta_softplus=True, layout='time_major')
+        merged = cross_merge(y.view(B, H, W, 4, 2), layout='time_major')  # (B, H, W, 2)
+        cm = merged.reshape(B, H * W, 2).transpose(1, 2).repeat(1, 4, 1)  # (B, 8, L)
+        out = selective_scan(cm, cm, self.A, BC[..., :2].permute(0, 2, 3, 1),
+                             BC[..., 2:].permute(0, 2, 3, 1), z=cm.flip(-1),
+                             delta_bias=self.bias, delta_softplus=True)
+        return merged, out
+
+
+def test_decomposition_table_lowers_the_registered_operators():
+    """run_decompositions with the table leaves no vmamba_mm node, and the lowered
+    program computes what the operators compute (symbolic H and W, sizes 1 included)."""
+    import torch.fx.experimental._config as fx_config
+
+    from vmamba_mm.ops.export import decomposition_table
+    model = _ScanModule().eval().requires_grad_(False)
+    h, w = torch.export.Dim('h', min=1, max=64), torch.export.Dim('w', min=1, max=64)
+    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+        ep = torch.export.export(model, (torch.randn(1, 2, 12, 8), ),
+                                 dynamic_shapes=({2: 4 * h, 3: 4 * w}, ))
+        ops = {str(n.target) for n in ep.graph.nodes if 'vmamba_mm' in str(n.target)}
+        assert ops == {'vmamba_mm.cross_scan.default', 'vmamba_mm.cross_merge.default',
+                       'vmamba_mm.selective_scan_fwd.default'}
+        ep = ep.run_decompositions(decomposition_table())
+    assert not [n for n in ep.graph.nodes if 'vmamba_mm' in str(n.target)]
+    for shape in ((12, 8), (4, 4), (68, 20)):
+        x = torch.randn(1, 2, *shape)
+        with torch.no_grad():
+            for got, want in zip(ep.module()(x), model(x)):
+                assert got.shape == want.shape
+                # float32, two summation orders: relative to the output's scale.
+                assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_decomposition_refuses_a_scan_that_saves_for_backward():
+    from vmamba_mm.ops.export import decomposition_table
+    inputs = make_inputs(1, 4, 8, 2, 1, False, False, False)
+    args = [inputs[k].detach().float() for k in ('u', 'delta', 'A', 'B', 'C')]
+    lower = decomposition_table()[torch.ops.vmamba_mm.selective_scan_fwd.default]
+    out, last, res0, res1 = lower(*args, None, None, None, False, False, 'torch', False)
+    assert out.shape == (1, 4, 8) and last.shape == (1, 4, 2) and res0.numel() == 0
+    with pytest.raises(ValueError, match='save=True'):
+        lower(*args, None, None, None, False, False, 'torch', True)
