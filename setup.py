@@ -23,6 +23,8 @@ setup(
             'pycocotools'
         ],
         'triton': ['triton'],
+        # ONNX export (tools/deployment/pytorch2onnx.py) and its onnxruntime check
+        'deploy': ['onnx>=1.23', 'onnxscript>=0.7', 'onnxruntime>=1.32'],
     },
     license='Apache-2.0',
 )

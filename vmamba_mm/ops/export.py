@@ -4,9 +4,16 @@
 ``vmamba_mm::cross_scan`` and ``vmamba_mm::cross_merge`` to their decompositions
 (:mod:`.selective_scan.decomposition`, :mod:`.cross_scan.decomposition`), for
 ``ExportedProgram.run_decompositions``: the exported graph then holds only
-standard operators (ONNX: Mul, Add, Exp, CumSum, Where, ReduceSum, Softplus,
-Gather, Reshape, Slice, Concat, ...), for any backend the model was traced with.
+standard operators (ONNX: Mul, Add, Exp, Log, CumSum, Where, ReduceSum, Gather,
+Reshape, Slice, Concat, ...), for any backend the model was traced with.
+
+:func:`onnx_lowering` puts the same table where ``torch.onnx.export`` (dynamo)
+looks for decompositions, so that the exporter's own decomposition pass lowers
+the operators: one pass over the small graph, instead of a second pass that
+re-traces the lowered graph (several times larger; minutes for VMamba-T).
 """
+import contextlib
+
 import torch
 
 from .cross_scan.decomposition import cross_merge_decomposed, cross_scan_decomposed
@@ -41,3 +48,21 @@ def decomposition_table():
         ops.cross_scan.default: _cross_scan,
         ops.cross_merge.default: _cross_merge,
     }
+
+
+@contextlib.contextmanager
+def onnx_lowering():
+    """While active, ``torch.onnx.export(..., dynamo=True)`` lowers the operators.
+
+    The exporter builds its decomposition table from ``torch._decomp.decomposition_table``;
+    the entries of :func:`decomposition_table` are added to it for the duration
+    and removed afterwards (entries already there are left alone).
+    """
+    table = torch._decomp.decomposition_table
+    added = {op: fn for op, fn in decomposition_table().items() if op not in table}
+    table.update(added)
+    try:
+        yield
+    finally:
+        for op in added:
+            table.pop(op, None)
