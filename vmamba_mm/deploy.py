@@ -123,6 +123,20 @@ def check_shape(shape, dynamic):
                           f'the example shape {tuple(shape)} is not')
 
 
+def check_dynamic(module):
+    """Raise for modules that cannot be exported with symbolic H, W: adaptive
+    average pooling to a size other than 1 (e.g. UperNet's pyramid pooling
+    module), whose decomposition needs the input size as a number."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, ) * 2
+            if any(s not in (1, None) for s in size):
+                raise ExportError(
+                    f'--dynamic is not supported for this model: {name} is adaptive average '
+                    f'pooling to {m.output_size} (e.g. UperNet\'s pyramid pooling), which '
+                    f'exports only for a fixed input size; export with a static --shape')
+
+
 def example_input(shape, seed=0):
     """A random normalised image (1, 3, H, W), the same for export and check."""
     gen = torch.Generator().manual_seed(seed)
@@ -155,6 +169,8 @@ def export_onnx(module, shape, out, dynamic=False, opset=MIN_OPSET):
         raise ExportError(f'opset {opset} is not supported: use {MIN_OPSET} or newer (older '
                           f'opsets go through a down-conversion onnxruntime rejects)')
     check_shape(shape, dynamic)
+    if dynamic:
+        check_dynamic(module)
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as e:
