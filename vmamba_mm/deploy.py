@@ -221,6 +221,18 @@ def relative_errors(got, want, names):
     return errors
 
 
+def session_options(threads=None):
+    """onnxruntime session options: errors only in its log (it warns about every
+    node it cannot constant-fold), ``threads`` intra-op threads if given."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
 def verify_onnx(path, module, shape, seed=0):
     """Run the ONNX file with onnxruntime (CPU) and ``module`` on the same random image.
 
@@ -235,7 +247,7 @@ def verify_onnx(path, module, shape, seed=0):
     x = example_input(shape, seed)
     with torch.no_grad():
         want = _as_tuple(module(x))
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    session = ort.InferenceSession(path, session_options(), providers=['CPUExecutionProvider'])
     got = session.run(None, {INPUT_NAME: x.numpy()})
     if len(got) != len(want):
         raise ExportError(f'onnxruntime gives {len(got)} outputs, PyTorch {len(want)}')
