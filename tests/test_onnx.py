@@ -15,8 +15,7 @@ import onnx
 import pytest
 import torch
 
-from vmamba_mm.deploy import (VERIFY_RTOL, ExportError, build_model, export_onnx,
-                              verify_onnx)
+from vmamba_mm.deploy import VERIFY_RTOL, build_model, export_onnx, verify_onnx
 from vmamba_mm.runner import load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -178,3 +177,22 @@ def test_unsupported_options_and_models_are_clear_errors(tmp_path):
         " dict(type='GlobalAveragePooling')])\n")
     msg = _tool_error([str(retriever), '--shape', '64', '64', *out])
     assert 'ImageToImageRetriever is not supported' in msg and 'ImageClassifier' in msg
+
+
+def test_vmamba_mm_imports_without_the_onnx_packages():
+    """onnx, onnxscript and onnxruntime are optional: importing the package (and the
+    export module) works without them; the export then names what is missing."""
+    code = ("import sys\n"
+            "for name in ('onnx', 'onnxscript', 'onnxruntime'):\n"
+            "    sys.modules[name] = None  # import fails\n"
+            "import vmamba_mm, vmamba_mm.deploy, vmamba_mm.ops.export\n"
+            "from vmamba_mm.deploy import export_onnx\n"
+            "try:\n"
+            "    export_onnx(None, (64, 64), 'x.onnx')\n"
+            "except ImportError as e:\n"
+            "    print('ImportError:', e)\n")
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, 'PYTHONPATH': ROOT})
+    assert proc.returncode == 0, proc.stderr
+    assert 'ImportError: ONNX export needs onnx and onnxscript' in proc.stdout
+    assert 'vmamba_mm[deploy]' in proc.stdout

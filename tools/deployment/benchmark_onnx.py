@@ -16,6 +16,7 @@ onnxruntime time <= eager PyTorch time.
 """
 import argparse
 import json
+import logging
 import os
 import os.path as osp
 import platform
@@ -30,6 +31,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from vmamba_mm.deploy import (build_model, example_input, export_onnx,  # noqa: E402
                               session_options, verify_onnx)
 from vmamba_mm.runner import load_config  # noqa: E402
+
+from mmengine.logging import MMLogger  # noqa: E402
 
 MODELS = {'VMamba-T': 'configs/vmamba_t_in1k_cls.py', 'Vim-Ti': 'configs/vim_ti_in1k_cls.py'}
 GOALS = {'export_s_VMamba-T': 60.0, 'ratio_onnxruntime_over_eager': 1.0}
@@ -111,6 +114,8 @@ def main(argv=None):
                         help='where the .onnx files go')
     parser.add_argument('--out', default='work_dirs/benchmark_onnx/benchmark_onnx.json')
     args = parser.parse_args(argv)
+    # mmengine logs every parameter's initialisation at INFO level.
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

@@ -8,7 +8,8 @@ neck features). The input named ``input`` is the normalised image
 
 Examples::
 
-    python tools/deployment/pytorch2onnx.py configs/vmamba_t_in1k_cls.py CKPT --shape 224 224 --verify
+    python tools/deployment/pytorch2onnx.py configs/vmamba_t_in1k_cls.py CKPT \\
+        --shape 224 224 --verify
     python tools/deployment/pytorch2onnx.py configs/upernet_vim_t_160k_ade20k.py CKPT \\
         --shape 512 512 --out upernet_vim_t.onnx --verify
     python tools/deployment/pytorch2onnx.py configs/mask_rcnn_vmamba_t_1x.py CKPT \\
