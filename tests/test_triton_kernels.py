@@ -108,14 +108,15 @@ def test_scan_fwd_bwd_match_reference(case, time_major, strided):
                 D=ref_in['D'].float().to(DEVICE) if D else None, z=seq(ref_in['z']),
                 delta_bias=ref_in['delta_bias'].float().to(DEVICE))
     before = {k: v.clone() for k, v in args.items() if v is not None}
-    out, last, states = scan_fwd(**args, delta_softplus=True, time_major=time_major, save=True)
+    out, last, (states, ) = scan_fwd(**args, delta_softplus=True, time_major=time_major,
+                                     save=True)
     assert out.is_contiguous() and out.dtype == torch.float32 and out.shape == args['u'].shape
     assert last.dtype == torch.float32 and tuple(states.shape) == states_shape(batch, dim, L, N)
     _assert_close('out', _seq_from_layout(out, time_major), ref_out)
     _assert_close('last_state', last, ref_last)
-    _, last_nosave, empty = scan_fwd(**args, delta_softplus=True, time_major=time_major,
-                                     save=False)
-    assert empty.numel() == 0 and empty.dtype == torch.float32
+    _, last_nosave, kept = scan_fwd(**args, delta_softplus=True, time_major=time_major,
+                                    save=False)
+    assert kept == ()
     assert torch.equal(last_nosave, last)
 
     grads = scan_bwd(seq(dout), dlast.float().to(DEVICE), **args, states=states,
@@ -155,7 +156,7 @@ def test_scan_bwd_without_dlast_and_low_precision(time_major):
     args = dict(u=seq(ref_in['u']), delta=seq(ref_in['delta']), A=ref_in['A'].float(),
                 B=bc(ref_in['B']), C=bc(ref_in['C']), D=ref_in['D'].float(), z=seq(ref_in['z']),
                 delta_bias=ref_in['delta_bias'].float())
-    out, _, states = scan_fwd(**args, delta_softplus=True, time_major=time_major, save=True)
+    out, _, (states, ) = scan_fwd(**args, delta_softplus=True, time_major=time_major, save=True)
     assert out.dtype == torch.bfloat16
     _assert_close('out', _seq_from_layout(out, time_major), ref_out, rtol=2e-2, atol=1e-2)
     # dout as a transposed copy: non-contiguous in the layout.

@@ -49,6 +49,15 @@ def linear(x, weight, bias=None, gelu=False):
     return F.gelu(y) if gelu else y
 
 
+def check_backend_name(model, arg, name, op):
+    """Raise unless ``name`` is None or a backend registered for operator ``op``
+    (a config typo fails when the model is built, not at its first forward)."""
+    from ..ops import backends
+    if name is not None and name not in backends(op):
+        raise ValueError(f'{model}: unknown {arg} {name!r}; choose one of '
+                         f'{sorted(backends(op))} or None (environment variable / device default)')
+
+
 class DropPath(nn.Module):
     """Stochastic depth: in training, zero the whole residual branch of each
     sample with probability ``drop_prob`` and scale the kept ones by

@@ -150,10 +150,3 @@ def cross_merge_fwd(ys, time_major):
     grid, args, kw, out = cross_merge_launch(ys, time_major)
     _cross_merge_kernel[grid](*args, **kw)
     return out
-
-# Channel-major autograd pair for the current cross_scan/cross_merge(backend='triton');
-# the registered operators replace it.
-from .functions import adjoint_pair  # noqa: E402
-
-CrossScanTriton, CrossMergeTriton = adjoint_pair(lambda x: cross_scan_fwd(x, False),
-                                                 lambda ys: cross_merge_fwd(ys, False), 'Triton')

@@ -285,6 +285,16 @@ def states_shape(batch, dim, L, N):
     return batch, dim, triton.cdiv(L, BLOCK_L), N
 
 
+NUM_RESIDUALS = 1
+
+
+def fake_residuals(u, A, time_major):
+    """Empty tensors shaped like the residuals of :func:`scan_fwd` (the op's fake impl)."""
+    batch = u.shape[0]
+    L, dim = (u.shape[1], u.shape[2]) if time_major else (u.shape[2], u.shape[1])
+    return (u.new_empty(states_shape(batch, dim, L, A.shape[1]), dtype=torch.float32), )
+
+
 def _seq_strides(t, time_major):
     """(batch, channel, step) strides of a (batch, dim, L) / (batch, L, dim) tensor."""
     if time_major:
@@ -357,18 +367,18 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major, sa
 
     Returns:
         tuple: ``out`` (like ``u``, contiguous in the layout, ``u``'s dtype),
-        ``last_state`` (batch, dim, N) float32, and ``states`` (batch, dim,
-        n_chunks, N) float32 if ``save`` else an empty float32 tensor.
+        ``last_state`` (batch, dim, N) float32, and the residuals: ``(states,)``,
+        (batch, dim, n_chunks, N) float32, if ``save`` else ``()``.
 
     Raises:
         TypeError: for inputs other than fp16/bf16/fp32.
         RuntimeError: for CPU tensors without ``TRITON_INTERPRET=1``.
     """
     _check(dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
-    grid, args, kw, outputs = fwd_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                         time_major, save)
+    grid, args, kw, (out, last, states) = fwd_launch(u, delta, A, B, C, D, z, delta_bias,
+                                                     delta_softplus, time_major, save)
     _fwd_kernel[grid](*args, **kw)
-    return outputs
+    return out, last, ((states, ) if save else ())
 
 
 def bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus,
@@ -442,32 +452,3 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_sof
                                         states, delta_softplus, time_major)
     _bwd_kernel[grid](*args, **kw)
     return finish()
-
-
-class _SelectiveScanTriton(torch.autograd.Function):
-    """Channel-major autograd over :func:`scan_fwd` / :func:`scan_bwd` for the
-    current ``selective_scan(backend='triton')``; the registered operator
-    replaces it."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        out, last, states = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                     False, True)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-        ctx.softplus = delta_softplus
-        return (out, last) if return_last_state else out
-
-    @staticmethod
-    def backward(ctx, dout, dlast=None):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        grads = scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states,
-                         ctx.softplus, False)
-        return (*grads, None, None)
-
-
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                          delta_softplus=False, return_last_state=False):
-    """Channel-major Triton selective scan with autograd (arguments validated;
-    B, C as (batch, G, N, L))."""
-    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias,
-                                      bool(delta_softplus), bool(return_last_state))
