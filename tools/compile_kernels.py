@@ -129,8 +129,9 @@ def _ptxas(ptx, arch):
         src = os.path.join(tmp, 'k.ptx')
         with open(src, 'w') as f:
             f.write(ptx)
-        res = subprocess.run([get_ptxas(arch).path, '-v', f'--gpu-name={sm_arch_from_capability(arch)}',
-                              src, '-o', os.path.join(tmp, 'k.o')],
+        gpu = sm_arch_from_capability(arch)
+        res = subprocess.run([get_ptxas(arch).path, '-v', f'--gpu-name={gpu}', src,
+                              '-o', os.path.join(tmp, 'k.o')],
                              capture_output=True, text=True, check=True)
     regs = re.search(r'Used (\d+) registers', res.stderr)
     spills = re.search(r'(\d+) bytes spill stores, (\d+) bytes spill loads', res.stderr)

@@ -29,7 +29,6 @@ GPU is there.
 """
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import platform
@@ -166,55 +165,6 @@ def peak_memory(fn, device):
     return torch.cuda.max_memory_allocated(device) - base
 
 
-@contextlib.contextmanager
-def scan_backend(name):
-    """Run the models' scan and cross-scan on backend ``name`` (environment variables)."""
-    keys = ('VMAMBA_MM_SCAN_BACKEND', 'VMAMBA_MM_CROSS_SCAN_BACKEND')
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: name for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def ops_api():
-    """(scan, cross_scan, cross_merge) taking ``backend`` and ``layout`` arguments."""
-    from vmamba_mm.ops import cross_merge, cross_scan, selective_scan
-    if 'layout' in inspect.signature(selective_scan).parameters:
-        return selective_scan, cross_scan, cross_merge
-
-    # An operator without layouts: time-major through transposed views.
-    def scan(u, delta, A, B, C, *, layout='channel_major', **kw):
-        if layout == 'time_major':
-            u, delta = u.transpose(1, 2), delta.transpose(1, 2)
-            B, C = B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1)
-            if kw.get('z') is not None:
-                kw['z'] = kw['z'].transpose(1, 2)
-        res = selective_scan(u, delta, A, B, C, **kw)
-        if layout != 'time_major':
-            return res
-        if isinstance(res, tuple):
-            return res[0].transpose(1, 2), res[1]
-        return res.transpose(1, 2)
-
-    def xscan(x, backend=None, layout='channel_major'):
-        if layout == 'time_major':
-            return cross_scan(x.permute(0, 3, 1, 2), backend=backend).permute(0, 3, 1, 2)
-        return cross_scan(x, backend=backend)
-
-    def xmerge(ys, backend=None, layout='channel_major'):
-        if layout == 'time_major':
-            return cross_merge(ys.permute(0, 3, 4, 1, 2), backend=backend).permute(0, 2, 3, 1)
-        return cross_merge(ys, backend=backend)
-
-    return scan, xscan, xmerge
-
-
 def versions():
     import numpy
     import torch
@@ -309,8 +259,8 @@ def stage_env(rec, cfg, budget):
                 triton_interpret=os.environ.get('TRITON_INTERPRET'))
     if cfg['device'].type == 'cuda':
         p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, capability=f'{p.major}.{p.minor}', memory_gib=p.total_memory / 2**30,
-                    sms=p.multi_processor_count)
+        info.update(gpu=p.name, capability=f'{p.major}.{p.minor}',
+                    memory_gib=p.total_memory / 2**30, sms=p.multi_processor_count)
     rec.add(**info)
     return 'ok'
 
@@ -318,8 +268,8 @@ def stage_env(rec, cfg, budget):
 def stage_correctness_ops(rec, cfg, budget):
     import torch
     from vmamba_mm.ops.cross_scan.naive import cross_merge_naive, cross_scan_naive
+    from vmamba_mm.ops import cross_merge, cross_scan, selective_scan
     from vmamba_mm.ops.selective_scan.naive import selective_scan_naive
-    scan, xscan, xmerge = ops_api()
     device = cfg['device']
     set_tf32(False)
     failed = 0
@@ -352,10 +302,10 @@ def stage_correctness_ops(rec, cfg, budget):
 
                     args = {k: v.clone().requires_grad_() if v is not None else None
                             for k, v in dev.items()}
-                    res = scan(args['u'], args['delta'], args['A'], args['B'], args['C'],
-                               D=args['D'], z=args['z'], delta_bias=args['delta_bias'],
-                               delta_softplus=softplus, return_last_state=last,
-                               backend='triton', layout=layout)
+                    res = selective_scan(
+                        args['u'], args['delta'], args['A'], args['B'], args['C'], D=args['D'],
+                        z=args['z'], delta_bias=args['delta_bias'], delta_softplus=softplus,
+                        return_last_state=last, backend='triton', layout=layout)
                     out, last_state = res if last else (res, None)
                     out_cm = _to_channel_major('out', out, layout)
                     loss = (out_cm.double() * w.to(device)).sum()
@@ -386,8 +336,8 @@ def stage_correctness_ops(rec, cfg, budget):
                     tm = layout == 'time_major'
                     x_in = (x.permute(0, 2, 3, 1).contiguous() if tm else x).to(device)
                     ys_in = (ys.permute(0, 3, 4, 1, 2).contiguous() if tm else ys).to(device)
-                    s = xscan(x_in, backend='triton', layout=layout)
-                    m = xmerge(ys_in, backend='triton', layout=layout)
+                    s = cross_scan(x_in, backend='triton', layout=layout)
+                    m = cross_merge(ys_in, backend='triton', layout=layout)
                     if tm:
                         s, m = s.permute(0, 2, 3, 1), m.permute(0, 3, 1, 2)
                     ok = torch.equal(s.cpu().double(), cross_scan_naive(x.double()))
@@ -399,14 +349,17 @@ def stage_correctness_ops(rec, cfg, budget):
     return 'ok' if failed == 0 and not rec.data['errors'] else 'failed'
 
 
-def build_vmamba(cfg, classes=1000):
+def build_vmamba(cfg, classes=1000, backend=None):
+    """VMamba + global average pooling + a linear head; ``backend`` for the scan and
+    the cross-scan (None: the default for the device)."""
     import torch.nn as nn
     from vmamba_mm.models.vmamba import VMamba
 
     class Classifier(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = VMamba(cfg['vmamba_arch'], drop_path_rate=0.0, out_indices=(3,))
+            self.backbone = VMamba(cfg['vmamba_arch'], drop_path_rate=0.0, out_indices=(3,),
+                                   scan_backend=backend, cross_scan_backend=backend)
             self.head = nn.Linear(self.backbone.dims[-1], classes)
 
         def forward(self, x):
@@ -415,14 +368,16 @@ def build_vmamba(cfg, classes=1000):
     return Classifier()
 
 
-def build_vim(cfg, img_size, classes=1000):
+def build_vim(cfg, img_size, classes=1000, backend=None):
+    """Vim (class token) + a linear head."""
     import torch.nn as nn
     from vmamba_mm.models.vim import Vim
 
     class Classifier(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = Vim(cfg['vim_arch'], img_size=img_size, drop_path_rate=0.0)
+            self.backbone = Vim(cfg['vim_arch'], img_size=img_size, drop_path_rate=0.0,
+                                scan_backend=backend)
             self.head = nn.Linear(self.backbone.embed_dims, classes)
 
         def forward(self, x):
@@ -432,7 +387,6 @@ def build_vim(cfg, img_size, classes=1000):
 
 
 def stage_correctness_models(rec, cfg, budget):
-    import copy
     import torch
     device = cfg['device']
     set_tf32(False)
@@ -442,18 +396,20 @@ def stage_correctness_models(rec, cfg, budget):
         if budget.left() < 0:
             return 'out_of_time'
         with rec.guard(f'{name} triton vs torch'):
-            torch.manual_seed(0)
-            model = build_vmamba(cfg) if name == 'vmamba' else build_vim(cfg, img)
-            model = model.to(device).train()
             x = torch.randn(batch, 3, img, img, generator=torch.Generator().manual_seed(1))
             x = x.to(device)
-            results = {}
+            results, weights = {}, None
             for backend in ('triton', 'torch'):
-                m = copy.deepcopy(model)
-                with scan_backend(backend):
-                    out = m(x)
-                    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
-                    (out * w.to(device)).sum().backward()
+                torch.manual_seed(0)
+                m = (build_vmamba(cfg, backend=backend) if name == 'vmamba'
+                     else build_vim(cfg, img, backend=backend))
+                if weights is None:
+                    weights = m.state_dict()
+                m.load_state_dict(weights)
+                m = m.to(device).train()
+                out = m(x)
+                w = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+                (out * w.to(device)).sum().backward()
                 results[backend] = (out.detach(), {k: p.grad.detach() for k, p in
                                                    m.named_parameters() if p.grad is not None})
             (out_t, g_t), (out_r, g_r) = results['triton'], results['torch']
@@ -493,7 +449,7 @@ def _mamba_ssm_scan():
 
 def stage_bench_scan(rec, cfg, budget):
     import torch
-    scan, _, _ = ops_api()
+    from vmamba_mm.ops import selective_scan
     device = cfg['device']
     bw = copy_bandwidth(device, cfg['copy_bytes'])
     rec.add(what='copy', bytes_per_s=bw, nbytes=cfg['copy_bytes'])
@@ -521,8 +477,8 @@ def stage_bench_scan(rec, cfg, budget):
                         if backend == 'mamba_ssm':
                             return mamba(args['u'], args['delta'], args['A'], args['B'],
                                          args['C'], **kw)
-                        return scan(args['u'], args['delta'], args['A'], args['B'], args['C'],
-                                    backend=backend, layout=layout, **kw)
+                        return selective_scan(args['u'], args['delta'], args['A'], args['B'],
+                                              args['C'], backend=backend, layout=layout, **kw)
 
                     def fwd():
                         with torch.no_grad():
@@ -551,7 +507,6 @@ def stage_bench_scan(rec, cfg, budget):
                              fwd_fraction_of_copy=moved / t_f / bw,
                              peak_mem_fwd=mem_f, peak_mem_fwd_bwd=mem_fb)
                     rec.add(**r)
-                    del grad_args, dout
             # ratios against torch and mamba_ssm for this shape/dtype
             rows = [r for r in rec.data['records'] if r.get('shape') == shape_name
                     and r.get('dtype') == dtype_name]
@@ -739,7 +694,7 @@ def stage_tune_tiles(rec, cfg, budget):
                         kernel = K._fwd_kernel[grid](*a, **kw)
                         t_f, _ = timeit(lambda: K._fwd_kernel[grid](*a, **kw), device,
                                         target_s=0.2)
-                        _, _, states = K.scan_fwd(*args, True, tm, True)
+                        _, _, (states, ) = K.scan_fwd(*args, True, tm, True)
                         grid_b, ab, kwb, _ = K.bwd_launch(dout, None, *args, states, True, tm)
                         kernel_b = K._bwd_kernel[grid_b](*ab, **kwb)
                         t_b, _ = timeit(lambda: K._bwd_kernel[grid_b](*ab, **kwb), device,
@@ -791,7 +746,8 @@ def make_config(smoke, device):
     return dict(
         smoke=True, device=device, dtypes=['float32', 'bfloat16'], op_cases=SMOKE_OP_CASES,
         cross_shapes=[(1, 3, 5, 7)], vmamba_arch=tiny_vmamba, vim_arch=tiny_vim,
-        model_img=32, model_batch=1, scan_shapes=SMOKE_SCAN_SHAPES, bench_dtypes=['bfloat16'], copy_bytes=1 << 20, bench_img=64, bench_batch=1,
+        model_img=32, model_batch=1, scan_shapes=SMOKE_SCAN_SHAPES, bench_dtypes=['bfloat16'],
+        copy_bytes=1 << 20, bench_img=64, bench_batch=1,
         bench_target_s=0.01, cnn_baselines=['swin_tiny_patch4_window7_224'],
         vit_baselines=['deit_tiny_patch16_224 (unfused attention)'],
         timm_kwargs={'swin_tiny_patch4_window7_224': dict(img_size=64, window_size=2)},
