@@ -227,6 +227,23 @@ def scan_inputs(batch, dim, L, N, G, z, D, bias, softplus, dtype, layout, device
     return dev, ref
 
 
+def bench_inputs(batch, dim, L, N, G, z, dtype, layout, device):
+    """Benchmark inputs made on the device, in the layout: the models' ranges
+    (softplus(delta + bias) around 0.1, A < 0), D, bias and softplus on."""
+    import torch
+    gen = torch.Generator(device=device).manual_seed(0)
+    tm = layout == 'time_major'
+
+    def rnd(*shape, dt=dtype):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dt)
+
+    seq = (batch, L, dim) if tm else (batch, dim, L)
+    bc = (batch, L, G, N) if tm else (batch, G, N, L)
+    return dict(u=rnd(*seq), delta=rnd(*seq) - 2, A=-torch.exp(rnd(dim, N, dt=torch.float32)),
+                B=rnd(*bc), C=rnd(*bc), D=torch.ones(dim, device=device),
+                z=rnd(*seq) if z else None, delta_bias=torch.zeros(dim, device=device))
+
+
 def _to_channel_major(name, t, layout):
     if layout != 'time_major' or t is None:
         return t
@@ -265,6 +282,26 @@ def stage_env(rec, cfg, budget):
     return 'ok'
 
 
+def _scan_reference(naive, ref_in, softplus, last):
+    """The float64 loop's output, last state and the gradients of a random
+    projection of both: (out, last, grads, w, w_last)."""
+    import torch
+    leaves = {k: v.clone().requires_grad_() for k, v in ref_in.items() if v is not None}
+    res = naive(leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'],
+                D=leaves.get('D'), z=leaves.get('z'), delta_bias=leaves.get('delta_bias'),
+                delta_softplus=softplus, return_last_state=last)
+    out, last_state = res if last else (res, None)
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    loss = (out * w).sum()
+    wl = None
+    if last:
+        wl = torch.randn(last_state.shape, generator=gen, dtype=torch.float64)
+        loss = loss + (last_state * wl).sum()
+    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    return out.detach(), last_state.detach() if last else None, grads, w, wl
+
+
 def stage_correctness_ops(rec, cfg, budget):
     import torch
     from vmamba_mm.ops.cross_scan.naive import cross_merge_naive, cross_scan_naive
@@ -275,8 +312,8 @@ def stage_correctness_ops(rec, cfg, budget):
     failed = 0
     for case in cfg['op_cases']:
         batch, dim, L, N, G, z, D, bias, softplus, last = case
-        ref_in = None
         for dtype_name in cfg['dtypes']:
+            ref = None  # the same values in both layouts: one reference
             for layout in ('channel_major', 'time_major'):
                 if budget.left() < 0:
                     return 'out_of_time'
@@ -284,22 +321,9 @@ def stage_correctness_ops(rec, cfg, budget):
                 with rec.guard(label):
                     dev, ref_in = scan_inputs(batch, dim, L, N, G, z, D, bias, softplus,
                                               _dtype(dtype_name), layout, device, seed=sum(case))
-                    leaves = {k: v.clone().requires_grad_() for k, v in ref_in.items()
-                              if v is not None}
-                    kw = dict(D=leaves.get('D'), z=leaves.get('z'),
-                              delta_bias=leaves.get('delta_bias'), delta_softplus=softplus,
-                              return_last_state=last)
-                    ref = selective_scan_naive(leaves['u'], leaves['delta'], leaves['A'],
-                                               leaves['B'], leaves['C'], **kw)
-                    ref_out, ref_last = ref if last else (ref, None)
-                    gen = torch.Generator().manual_seed(1)
-                    w = torch.randn(ref_out.shape, generator=gen, dtype=torch.float64)
-                    loss = (ref_out * w).sum()
-                    if last:
-                        wl = torch.randn(ref_last.shape, generator=gen, dtype=torch.float64)
-                        loss = loss + (ref_last * wl).sum()
-                    ref_grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
-
+                    if ref is None:
+                        ref = _scan_reference(selective_scan_naive, ref_in, softplus, last)
+                    ref_out, ref_last, ref_grads, w, wl = ref
                     args = {k: v.clone().requires_grad_() if v is not None else None
                             for k, v in dev.items()}
                     res = selective_scan(
@@ -467,9 +491,7 @@ def stage_bench_scan(rec, cfg, budget):
                     return 'out_of_time'
                 label = f'{shape_name} {dtype_name} {backend} {layout}'
                 with rec.guard(label):
-                    dev, _ = scan_inputs(batch, dim, L, N, G, z, True, True, True, dtype,
-                                         layout, device)
-                    dev['delta'] = dev['delta'] - 2  # softplus(delta) ~ 0.1, as trained models
+                    dev = bench_inputs(batch, dim, L, N, G, z, dtype, layout, device)
 
                     def call(args):
                         kw = dict(D=args['D'], z=args['z'], delta_bias=args['delta_bias'],
@@ -673,8 +695,7 @@ def stage_tune_tiles(rec, cfg, budget):
             batch, dim, L, N, G, z = cfg['scan_shapes'][shape_name]
             for layout in ('channel_major', 'time_major'):
                 tm = layout == 'time_major'
-                dev, _ = scan_inputs(batch, dim, L, N, G, z, True, True, True, torch.bfloat16,
-                                     layout, device)
+                dev = bench_inputs(batch, dim, L, N, G, z, torch.bfloat16, layout, device)
                 args = [dev[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')]
                 dout = torch.randn_like(dev['u'])
                 for BLOCK_L, BLOCK_D, warps in cfg['tune_candidates'][N > 4]:
