@@ -187,11 +187,16 @@ def main(argv=None):
     bad = [r for r in records if r['spill_stores'] or r['spill_loads']
            or r['shared'] > r['shared_limit']]
     log(f'{len(records)} specialisations, {len(bad)} with spills or too much shared memory')
+    import triton
+    doc = dict(command='python tools/compile_kernels.py ' + ' '.join(argv or sys.argv[1:]),
+               versions=dict(triton=triton.__version__, torch=torch.__version__),
+               archs=args.arch, specialisations=len(records), with_problems=len(bad),
+               records=records)
     if args.json == '-':
-        json.dump(records, sys.stdout)
+        json.dump(doc, sys.stdout)
     elif args.json:
         with open(args.json, 'w') as f:
-            json.dump(records, f, indent=1)
+            json.dump(doc, f, indent=1)
     return 1 if bad else 0
 
 
