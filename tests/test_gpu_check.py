@@ -86,6 +86,12 @@ def test_only_skip_and_unknown_stage(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['env.json', 'summary.json']
     env = _stage(tmp_path, 'env')
     assert env['status'] == 'ok' and env['records'][0]['versions']['torch']
+    # A later run into the same folder adds to the summary.
+    _run(tmp_path, '--smoke', '--only', 'bench_scan', '--budget-s', '0')
+    with open(tmp_path / 'summary.json') as f:
+        summary = json.load(f)
+    assert summary['stages'] == {'env': 'ok', 'bench_scan': 'not_run (budget)'}
+    assert len(summary['runs']) == 2
     res = _run(tmp_path, '--smoke', '--only', 'nope')
     assert res.returncode == 2 and "unknown stages ['nope']" in res.stderr
 

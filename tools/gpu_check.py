@@ -810,7 +810,7 @@ def main(argv=None):
     budget = Budget(args.budget_s)
     meta = dict(command=' '.join(sys.argv), smoke=args.smoke, budget_s=args.budget_s)
     summary = {}
-    for name in chosen:
+    for i, name in enumerate(chosen):
         if budget.left() <= 0:
             summary[name] = 'not_run (budget)'
             continue
@@ -827,10 +827,44 @@ def main(argv=None):
         rec.finish(status)
         summary[name] = status
         print(f'== {name}: {status} in {rec.data["seconds"]:.1f} s', flush=True)
-    with open(os.path.join(args.out, 'summary.json'), 'w') as f:
-        json.dump(dict(meta=meta, stages=summary), f, indent=1)
+        write_summary(args.out, meta, summary)
+        rest = chosen[i + 1:]
+        if rest and device_broken(device):
+            # A sticky CUDA error (e.g. an illegal address) poisons this process's
+            # context: run the remaining stages in a fresh process.
+            print(f'== CUDA context unusable after {name}: restarting for {rest}', flush=True)
+            os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), '--out',
+                                      args.out, '--only', ','.join(rest),
+                                      '--budget-s', str(max(budget.left(), 0))])
+    write_summary(args.out, meta, summary)
     print(json.dumps(summary))
     return 0 if all(s == 'ok' for s in summary.values()) else 1
+
+
+def write_summary(out, meta, statuses):
+    """``OUT/summary.json``: every stage's latest status (earlier runs into the same
+    folder included) and the commands that produced them."""
+    path = os.path.join(out, 'summary.json')
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    stages = dict(old.get('stages', {}), **statuses)
+    runs = [r for r in old.get('runs', []) if r != meta] + [meta]
+    with open(path, 'w') as f:
+        json.dump(dict(stages=stages, runs=runs), f, indent=1)
+
+
+def device_broken(device):
+    """Whether the CUDA context can no longer run a trivial kernel."""
+    import torch
+    if device.type != 'cuda':
+        return False
+    try:
+        torch.cuda.synchronize()
+        return (torch.ones(1, device=device) + 1).item() != 2
+    except Exception:  # noqa: BLE001 - any failure means: start afresh
+        return True
 
 
 if __name__ == '__main__':
