@@ -628,7 +628,32 @@ def stage_bench_backbones(rec, cfg, budget):
                     _bench_model(rec, label, model, cfg, cfg['vim_batch'], res, 'inference',
                                  dtype_name, dict(group='vim_vs_deit'))
                     del model
+            rec.data['ratios'] = backbone_ratios(rec.data['records'])
+            rec.flush()
+    rec.data['ratios'] = backbone_ratios(rec.data['records'])
     return 'ok' if not rec.data['errors'] else 'partial'
+
+
+def backbone_ratios(records):
+    """The issue's goals from the records: VMamba-T / Swin-T and ConvNeXt-T speed
+    (img/s ratio), Vim-Ti / DeiT-Ti speed and memory saving per resolution."""
+    by = {(r['model'], r['mode'], r['dtype'], r['img']): r for r in records}
+    out = []
+    for (model, mode, dtype, img), r in by.items():
+        if model == 'VMamba-T':
+            for other in ('swin_tiny_patch4_window7_224', 'convnext_tiny'):
+                o = by.get((other, mode, dtype, img))
+                if o:
+                    out.append(dict(model=model, vs=other, mode=mode, dtype=dtype, img=img,
+                                    speed_ratio=r['img_per_s'] / o['img_per_s']))
+        if model == 'Vim-Ti':
+            for (other, o_mode, o_dtype, o_img), o in by.items():
+                if other.startswith('deit') and (o_mode, o_dtype, o_img) == (mode, dtype, img):
+                    out.append(dict(model=model, vs=other, mode=mode, dtype=dtype, img=img,
+                                    speed_ratio=r['img_per_s'] / o['img_per_s'],
+                                    memory_saving=(1 - r['peak_mem'] / o['peak_mem']
+                                                   if r['peak_mem'] and o['peak_mem'] else None)))
+    return out
 
 
 def stage_mixed_precision(rec, cfg, budget):
@@ -755,7 +780,7 @@ def make_config(smoke, device):
             copy_bytes=1 << 30, bench_img=224, bench_batch=128, bench_target_s=1.0,
             cnn_baselines=['swin_tiny_patch4_window7_224', 'convnext_tiny'],
             vit_baselines=['deit_tiny_patch16_224', 'deit_tiny_patch16_224 (unfused attention)'],
-            timm_kwargs={}, vim_resolutions=[224, 512, 768, 1024, 1248], vim_batch=16,
+            timm_kwargs={}, vim_resolutions=[1248, 224, 512, 768, 1024], vim_batch=16,
             amp_steps=300, amp_batch=32, amp_img=224, amp_warmup=20,
             tune_shapes=['vmamba_t_s1', 'vmamba_t_s3', 'vim_ti_224', 'vim_ti_1248'],
             tune_candidates={False: [(32, 16, 4), (64, 8, 4), (64, 16, 4), (64, 16, 8),
