@@ -792,11 +792,11 @@ def make_config(smoke, device):
     return dict(
         smoke=True, device=device, dtypes=['float32', 'bfloat16'], op_cases=SMOKE_OP_CASES,
         cross_shapes=[(1, 3, 5, 7)], vmamba_arch=tiny_vmamba, vim_arch=tiny_vim,
-        model_img=32, model_batch=1, scan_shapes=SMOKE_SCAN_SHAPES, bench_dtypes=['bfloat16'],
-        copy_bytes=1 << 20, bench_img=64, bench_batch=1,
+        model_img=32, model_batch=1, scan_shapes=SMOKE_SCAN_SHAPES, bench_dtypes=['float32'],
+        copy_bytes=1 << 20, bench_img=32, bench_batch=1,
         bench_target_s=0.01, cnn_baselines=['swin_tiny_patch4_window7_224'],
         vit_baselines=['deit_tiny_patch16_224 (unfused attention)'],
-        timm_kwargs={'swin_tiny_patch4_window7_224': dict(img_size=64, window_size=2)},
+        timm_kwargs={'swin_tiny_patch4_window7_224': dict(img_size=32, window_size=1)},
         vim_resolutions=[32], vim_batch=1, amp_steps=3, amp_batch=1, amp_img=32, amp_warmup=3,
         tune_shapes=['tiny'], tune_candidates={False: [(16, 4, 4)], True: [(16, 2, 4)]})
 
