@@ -28,7 +28,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -154,7 +153,6 @@ def compile_all(archs, dtypes, log=print):
             if key in seen:
                 seen[key]['launches'].append(label)
                 continue
-            start = time.time()
             compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                       options=options.__dict__)
             regs, spill_st, spill_ld = _ptxas(compiled.asm['ptx'], arch)
@@ -162,7 +160,7 @@ def compile_all(archs, dtypes, log=print):
                        spill_loads=spill_ld, shared=compiled.metadata.shared,
                        shared_limit=SHARED_LIMIT[arch], num_warps=options.num_warps,
                        constexprs={k: v for k, v in kw.items() if k != 'num_warps'},
-                       compile_s=round(time.time() - start, 2), launches=[label])
+                       launches=[label])
             seen[key] = rec
             records.append(rec)
             log(f'sm_{arch} {fn.__name__:20s} regs {regs:3d} spills {spill_st}/{spill_ld} '
