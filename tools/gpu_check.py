@@ -783,10 +783,13 @@ def make_config(smoke, device):
             timm_kwargs={}, vim_resolutions=[1248, 224, 512, 768, 1024], vim_batch=16,
             amp_steps=300, amp_batch=32, amp_img=224, amp_warmup=20,
             tune_shapes=['vmamba_t_s1', 'vmamba_t_s3', 'vim_ti_224', 'vim_ti_1248'],
-            tune_candidates={False: [(32, 16, 4), (64, 8, 4), (64, 16, 4), (64, 16, 8),
-                                     (64, 32, 4), (64, 32, 8), (128, 8, 4), (128, 16, 8)],
-                             True: [(16, 8, 4), (32, 2, 4), (32, 4, 4), (32, 4, 8),
-                                    (32, 8, 8), (64, 2, 4), (64, 4, 8)]})
+            # (BLOCK_L, BLOCK_D, num_warps) for N <= 4 and for N = 16; bigger BLOCK_D
+            # and shorter chunks favour the time-major loads (coalesced along channels).
+            tune_candidates={False: [(64, 16, 4), (64, 8, 4), (64, 16, 8), (64, 32, 4),
+                                     (64, 32, 8), (32, 16, 4), (32, 32, 4), (16, 32, 4),
+                                     (128, 8, 4), (128, 16, 8)],
+                             True: [(32, 4, 4), (32, 2, 4), (32, 4, 8), (32, 8, 8), (16, 8, 4),
+                                    (16, 16, 8), (64, 2, 4), (64, 4, 8)]})
     tiny_vmamba = dict(depths=(1, 1, 1, 1), dims=4, d_state=1, ssm_ratio=1.0, mlp_ratio=2.0)
     tiny_vim = dict(embed_dims=8, num_layers=2, d_state=4, expand=2)
     return dict(
