@@ -516,9 +516,9 @@ def stage_bench_scan(rec, cfg, budget):
                                 v.grad = None
                         call(grad_args).backward(dout)
 
-                    t_f, reps_f = timeit(fwd, device)
+                    t_f, reps_f = timeit(fwd, device, target_s=0.25)
                     mem_f = peak_memory(fwd, device)
-                    t_fb, reps_fb = timeit(fwd_bwd, device)
+                    t_fb, reps_fb = timeit(fwd_bwd, device, target_s=0.25)
                     mem_fb = peak_memory(fwd_bwd, device)
                     moved = scan_bytes(batch, dim, L, N, G, z, dtype.itemsize)
                     if backend == 'torch':
@@ -766,7 +766,7 @@ def _default(block_sizes, dim, G, N, tm):
 
 STAGE_FNS = {name: globals()[f'stage_{name}'] for name in STAGES}
 # Seconds each stage may use at most (the total budget caps them all).
-STAGE_BUDGET = {'env': 10, 'correctness_ops': 120, 'correctness_models': 40, 'bench_scan': 120,
+STAGE_BUDGET = {'env': 10, 'correctness_ops': 120, 'correctness_models': 60, 'bench_scan': 120,
                 'bench_backbones': 120, 'mixed_precision': 90, 'tune_tiles': 120}
 
 
