@@ -751,16 +751,17 @@ def stage_tune_tiles(rec, cfg, budget):
                                       getattr(kernel_b, 'n_regs', None)],
                                 spills=[getattr(kernel, 'n_spills', None),
                                         getattr(kernel_b, 'n_spills', None)],
-                                default=(BLOCK_L, BLOCK_D, warps) == _default(original, dim, G,
-                                                                              N, tm))
+                                default={k: (BLOCK_L, BLOCK_D, warps) == _default(
+                                    original, dim, G, N, tm, k == 'bwd') for k in ('fwd', 'bwd')})
                     K.block_sizes = original
     finally:
         K.block_sizes = original
     return 'ok' if not rec.data['errors'] else 'partial'
 
 
-def _default(block_sizes, dim, G, N, tm):
-    d = block_sizes(dim, G, N, False, tm)
+def _default(block_sizes, dim, G, N, tm, backward):
+    """(BLOCK_L, BLOCK_D, num_warps) that ``block_sizes`` picks for this kernel."""
+    d = block_sizes(dim, G, N, backward, tm)
     return d['BLOCK_L'], d['BLOCK_D'], d['num_warps']
 
 
