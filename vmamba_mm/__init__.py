@@ -10,7 +10,7 @@ from . import ops  # noqa: F401
 __version__ = '0.1.0'
 
 if find_spec('mmengine') is not None:
-    from . import models  # noqa: F401,E402
+    from . import engine, models  # noqa: F401,E402
     from .safe_globals import register_mmengine_safe_globals  # noqa: E402
 
     # torch >= 2.6 loads with weights_only=True: allow mmengine's own checkpoints

@@ -20,6 +20,24 @@ def at_least_fp32(t):
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def check_drop_path_rate(owner, rate):
+    """Raise ValueError unless ``0 <= rate < 1`` (1 drops every path: NaN in training)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f'{owner}: drop_path_rate must be a number in [0, 1), got {rate!r}')
+
+
+def check_input_dtype(owner, x, weight):
+    """Raise TypeError for non-floating input, or (outside autocast) input whose
+    dtype differs from ``weight``'s."""
+    if not x.is_floating_point():
+        raise TypeError(f'{owner}: input must be floating point, got {x.dtype} '
+                        '(convert images with .float() and normalise them)')
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f'{owner}: input dtype {x.dtype} differs from the weights\' '
+                        f'{weight.dtype}; cast the input (x.to({weight.dtype})) or the model '
+                        '(model.to(dtype)), or run under torch.autocast')
+
+
 def _onednn_linear_ok(x, weight, bias):
     """Whether :func:`linear` may take its oneDNN inference path for these tensors."""
     if not _ONEDNN_LINEAR:
