@@ -19,7 +19,7 @@ Examples::
 
     python tools/compile_kernels.py                      # sm_80 + sm_90, full matrix
     python tools/compile_kernels.py --arch 90 --quick    # bf16 only
-    python tools/compile_kernels.py --json out.json
+    python tools/compile_kernels.py --json docs/benchmarks/triton_aot_sm80_sm90.json
 """
 import argparse
 import json
@@ -173,7 +173,9 @@ def main(argv=None):
     parser.add_argument('--arch', type=int, nargs='+', default=[80, 90],
                         choices=sorted(SHARED_LIMIT), help='compute capabilities')
     parser.add_argument('--quick', action='store_true', help='bf16 only')
-    parser.add_argument('--json', help='write the records to this file ("-": stdout)')
+    parser.add_argument('--json', default=os.path.join(ROOT, 'work_dirs', 'compile_kernels.json'),
+                        help='file for the records ("-": stdout; default '
+                        'work_dirs/compile_kernels.json)')
     args = parser.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET') == '1':
         parser.error('unset TRITON_INTERPRET: the interpreter does not compile')
@@ -192,7 +194,8 @@ def main(argv=None):
                records=records)
     if args.json == '-':
         json.dump(doc, sys.stdout)
-    elif args.json:
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(doc, f, indent=1)
     return 1 if bad else 0

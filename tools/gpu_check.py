@@ -23,7 +23,7 @@ was measured. ``--only`` / ``--skip`` continue a later run where one stopped.
 interpreter (the test suite runs it), so the script is known to work before a
 GPU is there.
 
-    python tools/gpu_check.py --out work_dirs/gpu_check
+    python tools/gpu_check.py                      # records in work_dirs/gpu_check
     python tools/gpu_check.py --out OUT --only bench_backbones,mixed_precision
     python tools/gpu_check.py --out /tmp/smoke --smoke
 """
@@ -807,7 +807,8 @@ def make_config(smoke, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--out', required=True, help='folder for the JSON records')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'work_dirs', 'gpu_check'),
+                        help='folder for the JSON records (default work_dirs/gpu_check)')
     parser.add_argument('--smoke', action='store_true',
                         help='tiny shapes on CPU (torch backend + Triton interpreter)')
     parser.add_argument('--only', help=f'comma-separated stages to run, of {",".join(STAGES)}')
