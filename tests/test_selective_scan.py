@@ -1,7 +1,9 @@
-"""selective_scan: every backend against the per-step reference loop (float64).
+"""selective_scan: every backend, both layouts, against the per-step reference loop.
 
-The Triton backend runs under TRITON_INTERPRET=1 on CPU (set in conftest.py),
-so its cases are tiny; on a CUDA machine they run on the GPU.
+The ground truth is :func:`selective_scan_naive` differentiated by plain autograd
+in float64 (outside the registered operator). The Triton backend runs under
+TRITON_INTERPRET=1 on CPU (set in conftest.py), so its cases are tiny; on a CUDA
+machine they run on the GPU.
 """
 import os
 import sys
@@ -40,14 +42,61 @@ def make_inputs(batch, dim, L, N, G, *, z=False, D=False, delta_bias=False, bc_3
                 if v is not None else None) for k, v in inputs.items()}
 
 
-def run(inputs, backend, delta_softplus, return_last_state, cast=None):
-    """Output, last state and the gradients of a random projection of both."""
-    args = {k: (v.detach().to(cast) if cast is not None else v.detach()).requires_grad_()
-            if v is not None else None for k, v in inputs.items()}
+def to_layout(inputs, layout, contiguous):
+    """Channel-major inputs as the arguments for ``layout``: time-major views
+    (strided), or contiguous copies; ``contiguous=False`` for channel-major gives
+    strided views of time-major memory."""
+    out = {}
+    for k, v in inputs.items():
+        if v is None or k in ('A', 'D', 'delta_bias'):
+            out[k] = v
+            continue
+        seq_bc = k in ('B', 'C')
+        if layout == 'time_major':
+            v = v.permute(0, 3, 1, 2) if seq_bc and v.dim() == 4 else v.transpose(1, 2)
+            out[k] = v.contiguous() if contiguous else v
+        elif contiguous:
+            out[k] = v.contiguous()
+        else:  # channel-major strides over time-major memory
+            if seq_bc and v.dim() == 4:
+                out[k] = v.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+            else:
+                out[k] = v.transpose(1, 2).contiguous().transpose(1, 2)
+    return out
+
+
+def from_layout(t, layout):
+    """A sequence output (out, or a u/delta/z gradient) back in channel-major."""
+    return t.transpose(1, 2) if layout == 'time_major' else t
+
+
+def grad_from_layout(k, g, layout):
+    if layout != 'time_major' or k in ('A', 'D', 'delta_bias'):
+        return g
+    return g.permute(0, 2, 3, 1) if k in ('B', 'C') and g.dim() == 4 else g.transpose(1, 2)
+
+
+def run(inputs, backend, delta_softplus, return_last_state, cast=None, layout='channel_major',
+        contiguous=True):
+    """Output, last state and the gradients of a random projection of both, all
+    returned in channel-major."""
+    leaves = {k: (v.detach().to(cast) if cast is not None else v.detach()).requires_grad_()
+              if v is not None else None for k, v in inputs.items()}
+    args = to_layout(leaves, layout, contiguous)
     before = {k: v.detach().clone() for k, v in args.items() if v is not None}
-    res = selective_scan(**args, delta_softplus=delta_softplus,
-                         return_last_state=return_last_state, backend=backend)
+    if backend == 'naive':  # the ground truth: plain autograd through the loop, channel-major
+        assert layout == 'channel_major'
+        naive_args = [args[k].unsqueeze(1) if k in ('B', 'C') and args[k].dim() == 3 else args[k]
+                      for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')]
+        res = selective_scan_naive(*naive_args, delta_softplus=delta_softplus,
+                                   return_last_state=True)
+        res = res if return_last_state else res[0]
+    else:
+        res = selective_scan(**args, delta_softplus=delta_softplus,
+                             return_last_state=return_last_state, backend=backend, layout=layout)
     out, last = res if return_last_state else (res, None)
+    assert out.is_contiguous(), f'{backend}: output is not contiguous'
+    out = from_layout(out, layout)
     gen = torch.Generator().manual_seed(123)
     w = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
     loss = (out * w).sum()
@@ -57,7 +106,7 @@ def run(inputs, backend, delta_softplus, return_last_state, cast=None):
     loss.backward()
     for k, v in before.items():
         assert torch.equal(args[k].detach(), v), f'{backend} modified input {k} in place'
-    grads = {k: v.grad for k, v in args.items() if v is not None}
+    grads = {k: v.grad for k, v in leaves.items() if v is not None}
     return out, last, grads
 
 
@@ -93,13 +142,14 @@ def compare(backend_result, ref_result, rtol, atol):
 CASES = [
     (2, 8, 37, 16, 2, True, True, True, True, False, True),  # everything, odd L
     (1, 4, 1, 1, 1, False, False, False, False, True, True),  # L = 1
-    (2, 6, 64, 1, 3, False, True, False, True, False, False),  # N = 1, G = 3
-    (1, 8, 101, 16, 1, True, False, True, False, True, True),  # odd L, (batch, N, L) B/C
+    (2, 6, 64, 1, 3, False, True, False, True, False, False),  # N = 1, G = 3, square L
+    (1, 8, 101, 16, 1, True, False, True, False, True, True),  # odd L, 3-D B/C
     (2, 8, 130, 4, 4, True, True, True, True, False, True),  # G = 4, L not a block multiple
     (1, 4, 2, 3, 2, False, False, True, True, False, True),  # L = 2, N not a power of 2
-    (2, 8, 50, 1, 4, False, True, True, True, False, True),  # VMamba: N = 1, G = 4, padded L
+    (2, 8, 50, 1, 4, False, True, True, True, False, True),  # VMamba: N = 1, G = 4
 ]
 CASE_IDS = [f'b{c[0]}d{c[1]}L{c[2]}N{c[3]}G{c[4]}' for c in CASES]
+LAYOUTS = ['channel_major', 'time_major']
 
 
 def _case_inputs(case, dtype=torch.float64, device='cpu', seed=0):
@@ -109,12 +159,47 @@ def _case_inputs(case, dtype=torch.float64, device='cpu', seed=0):
     return inputs, softplus, last
 
 
+def _reference(inputs, softplus, last, dtype):
+    """Ground truth in float64 on exactly the values the backend sees (rounded to
+    ``dtype``; A in float32 or float64 as given)."""
+    rounded = {k: v.detach().to(dtype if k != 'A' else v.dtype).double().cpu()
+               if v is not None else None for k, v in inputs.items()}
+    return run(rounded, 'naive', softplus, last)
+
+
+TOL = {torch.float64: (1e-9, 1e-10), torch.float32: (1e-4, 1e-5)}
+
+
+@pytest.mark.parametrize('contiguous', [True, False], ids=['contiguous', 'strided'])
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=['f64', 'f32'])
+@pytest.mark.parametrize('backend', ['reference', 'torch'])
 @pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
-def test_torch_backend_matches_reference_float64(case):
+def test_backend_matches_reference(case, backend, dtype, layout, contiguous):
+    """Output, last state and every gradient against the loop (float64 autograd)."""
     inputs, softplus, last = _case_inputs(case, seed=hash(case) % 1000)
-    ref = run(inputs, 'reference', softplus, last)
-    got = run(inputs, 'torch', softplus, last)
-    compare(got, ref, rtol=1e-9, atol=1e-10)
+    ref = _reference(inputs, softplus, last, dtype)
+    got = run(inputs, backend, softplus, last, cast=dtype, layout=layout, contiguous=contiguous)
+    out, last_state, grads = got
+    assert out.dtype == dtype
+    for k, g in grads.items():
+        assert g.dtype == dtype, f'grad {k} has dtype {g.dtype}'
+    compare(got, ref, *TOL[dtype])
+
+
+@pytest.mark.skipif(not has_triton(), reason='triton not installed')
+@pytest.mark.parametrize('case,layout', [
+    (CASES[0], 'channel_major'), (CASES[0], 'time_major'), (CASES[2], 'channel_major'),
+    (CASES[2], 'time_major'), (CASES[4], 'time_major')],
+    ids=[f'{CASE_IDS[i]}-{lay}' for i, lay in ((0, 'cm'), (0, 'tm'), (2, 'cm'), (2, 'tm'),
+                                               (4, 'tm'))])
+def test_triton_backend_matches_reference(case, layout):
+    """float32 on the Triton path (float64 is refused), strided inputs in both layouts."""
+    inputs, softplus, last = _case_inputs(case, seed=hash(case) % 1000 + 1)
+    ref = _reference(inputs, softplus, last, torch.float32)
+    dev = {k: v.detach().to(DEVICE) if v is not None else None for k, v in inputs.items()}
+    got = run(dev, 'triton', softplus, last, cast=torch.float32, layout=layout, contiguous=False)
+    compare(got, ref, rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize('dtype,rtol,atol', [(torch.float32, 1e-4, 1e-5),
@@ -127,13 +212,11 @@ def test_low_precision_inputs(backend, dtype, rtol, atol):
         pytest.skip('triton not installed')
     case = (2, 8, 45, 4, 2, True, True, True, True, False, True)
     inputs, softplus, last = _case_inputs(case, seed=7)
-    # The reference sees exactly the rounded values, in float64.
-    rounded = {k: (v.detach().to(dtype).double() if k != 'A' else v.detach().float().double())
-               if v is not None else None for k, v in inputs.items()}
-    ref = run(rounded, 'reference', softplus, last)
+    inputs['A'] = inputs['A'].detach().float()
+    ref = _reference(inputs, softplus, last, dtype)
     dev = {k: (v.detach().to(device=DEVICE, dtype=dtype if k != 'A' else torch.float32))
            if v is not None else None for k, v in inputs.items()}
-    got = run(dev, backend, softplus, last)
+    got = run(dev, backend, softplus, last, layout='time_major')
     out, last_state, grads = got
     assert out.dtype == dtype
     assert last_state.dtype == torch.float32
@@ -142,40 +225,31 @@ def test_low_precision_inputs(backend, dtype, rtol, atol):
     compare(got, ref, rtol, atol)
 
 
-@pytest.mark.skipif(not has_triton(), reason='triton not installed')
-@pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
-def test_triton_backend_matches_reference(case):
-    """float32 on the Triton path (float64 is refused) against the float64 reference."""
-    inputs, softplus, last = _case_inputs(case, seed=hash(case) % 1000 + 1)
-    ref = run({k: v.detach().float().double() if v is not None else None
-               for k, v in inputs.items()}, 'reference', softplus, last)
-    dev = {k: v.detach().to(DEVICE, torch.float32) if v is not None else None
-           for k, v in inputs.items()}
-    got = run(dev, 'triton', softplus, last)
-    compare(got, ref, rtol=2e-4, atol=2e-5)
-
-
+@pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('N,G,z', [(1, 4, False), (16, 1, True)])
-def test_torch_backend_without_grad_matches_reference(N, G, z):
-    """The inference path (no graph: states not kept, C applied to them in place)."""
+def test_torch_backend_without_grad_matches_reference(N, G, z, layout):
+    """The in-place inference path (no residuals kept, the time steps' buffer reused)."""
     inputs = make_inputs(2, 8, 50, N, G, z=z, D=True, delta_bias=True, softplus=True)
-    args = {k: v.detach() if v is not None else None for k, v in inputs.items()}
-    ref_out, ref_last = selective_scan(**args, delta_softplus=True, return_last_state=True,
-                                       backend='reference')
+    ref_out, ref_last, _ = run(inputs, 'naive', True, True)
+    args = to_layout({k: v.detach() if v is not None else None for k, v in inputs.items()},
+                     layout, contiguous=False)
+    before = {k: v.clone() for k, v in args.items() if v is not None}
     with torch.no_grad():
-        out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True,
-                                   backend='torch')
-    assert_close('out', out, ref_out, 1e-9, 1e-10)
+        out, last = selective_scan(**args, delta_softplus=True, return_last_state=True,
+                                   backend='torch', layout=layout)
+    for k, v in before.items():
+        assert torch.equal(args[k], v), f'input {k} modified in place'
+    assert_close('out', from_layout(out, layout), ref_out, 1e-9, 1e-10)
     assert_close('last_state', last, ref_last, 1e-9, 1e-10)
 
 
-@pytest.mark.parametrize('N,G,z', [(1, 4, False), (16, 1, True)])
-def test_torch_backend_backward_twice(N, G, z):
+@pytest.mark.parametrize('backend', ['reference', 'torch'])
+def test_backward_twice(backend):
     """Saved tensors are never modified in place: a second backward gives the same grads."""
-    inputs = make_inputs(2, 8, 50, N, G, z=z, D=True, delta_bias=True, softplus=True)
+    inputs = make_inputs(2, 8, 50, 16, 1, z=True, D=True, delta_bias=True, softplus=True)
     leaves = [v for v in inputs.values() if v is not None]
     out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True,
-                               backend='torch')
+                               backend=backend)
     loss = (out * torch.randn_like(out)).sum() + (last * torch.randn_like(last)).sum()
     first = torch.autograd.grad(loss, leaves, retain_graph=True)
     second = torch.autograd.grad(loss, leaves)
@@ -197,13 +271,15 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(f, [inputs[k] for k in names])
 
 
-def test_torch_backend_gradcheck():
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_torch_backend_gradcheck(layout):
     inputs = make_inputs(2, 4, 11, 2, 2, z=True, D=True, delta_bias=True, softplus=True)
     names = [k for k, v in inputs.items() if v is not None]
 
     def f(*tensors):
-        return selective_scan(**dict(zip(names, tensors)), delta_softplus=True,
-                              return_last_state=True, backend='torch')
+        args = to_layout(dict(zip(names, tensors)), layout, contiguous=False)
+        return selective_scan(**args, delta_softplus=True, return_last_state=True,
+                              backend='torch', layout=layout)
 
     assert torch.autograd.gradcheck(f, [inputs[k] for k in names])
 
@@ -234,8 +310,7 @@ def test_strong_decay_is_finite(backend):
     with torch.no_grad():
         inputs['A'].copy_(-torch.logspace(-2, 4, 16).view(4, 4))
         inputs['delta_bias'].fill_(3.0)
-    ref = run({k: v.detach().double() if v is not None else None for k, v in inputs.items()},
-              'reference', True, True)
+    ref = _reference(inputs, True, True, dtype)
     dev = {k: v.detach().to(DEVICE, dtype) if v is not None else None for k, v in inputs.items()}
     got = run(dev, backend, True, True)
     compare(got, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-5)
@@ -246,11 +321,89 @@ def test_positive_decay_follows_reference():
     inputs = make_inputs(1, 4, 40, 2, 1)
     with torch.no_grad():
         inputs['A'].abs_().mul_(0.1)
-    ref = run(inputs, 'reference', False, True)
+    ref = run(inputs, 'naive', False, True)
     assert ref[1].abs().max() > 1  # really growing
-    compare(run(inputs, 'torch', False, True), ref, rtol=1e-9, atol=1e-10)
+    compare(run(inputs, 'torch', False, True, layout='time_major'), ref, rtol=1e-9, atol=1e-10)
 
 
+def test_matches_softplus_delta_semantics():
+    """delta_bias is added before softplus, and D/z apply after the scan (mamba_ssm semantics)."""
+    inputs = make_inputs(1, 2, 3, 1, 1, z=True, D=True, delta_bias=True, softplus=True)
+    kw = {k: v.detach() for k, v in inputs.items()}
+    out = selective_scan(**kw, delta_softplus=True, backend='torch')
+    dt = F.softplus(kw['delta'] + kw['delta_bias'][:, None])
+    plain = selective_scan(kw['u'], dt, kw['A'], kw['B'], kw['C'], backend='torch')
+    expected = (plain + kw['D'][:, None] * kw['u']) * F.silu(kw['z'])
+    assert torch.allclose(out, expected, atol=1e-12)
+
+
+def test_softplus_is_exact_to_a_few_ulps():
+    """The vectorised in-place softplus against float64 log1p(exp(x)), over the whole
+    range: tiny (x << 0), around 0, large, beyond the threshold and +-inf."""
+    from vmamba_mm.ops.selective_scan.chunked import _softplus_
+    x = torch.cat([torch.linspace(-90, 90, 20001), torch.randn(20000) * 5,
+                   torch.tensor([-float('inf'), float('inf'), 0.0, 20.0, 20.5, -20.0])])
+    got = _softplus_(x.clone())
+    exact = F.softplus(x.double(), threshold=1000)
+    exact[x == float('inf')] = float('inf')
+    finite = torch.isfinite(exact)
+    assert torch.equal(got[~finite], exact[~finite].float())
+    ulp = torch.finfo(torch.float32).eps * exact[finite].abs().clamp(min=torch.finfo(torch.float32).tiny)
+    err_ulps = ((got[finite].double() - exact[finite]).abs() / ulp).max()
+    assert err_ulps <= 4, f'softplus off by {err_ulps:.1f} ulps'
+
+
+# ------------------------------------------------------------ the registered operator
+def _op_args(layout, requires_grad, N=3, G=2, L=9, dtype=torch.float64):
+    inputs = make_inputs(2, 4, L, N, G, z=True, D=True, delta_bias=True, softplus=True,
+                         dtype=dtype)
+    args = to_layout({k: v.detach().requires_grad_(requires_grad) for k, v in inputs.items()},
+                     layout, contiguous=False)
+    return tuple(args[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias'))
+
+
+@pytest.mark.parametrize('save', [True, False])
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('backend', ['reference', 'torch', 'triton'])
+def test_opcheck(backend, layout, save):
+    """torch.library.opcheck: schema, fake (meta) implementation against the real
+    one, registered autograd, and AOT dispatch with dynamic shapes."""
+    if backend == 'triton' and not has_triton():
+        pytest.skip('triton not installed')
+    dtype = torch.float32 if backend == 'triton' else torch.float64
+    args = _op_args(layout, save, dtype=dtype)
+    if backend == 'triton':
+        args = tuple(t.detach().to(DEVICE, torch.float32).requires_grad_(save) for t in args)
+    torch.library.opcheck(torch.ops.vmamba_mm.selective_scan_fwd.default,
+                          (*args, True, layout == 'time_major', backend, save))
+
+
+def test_raw_operator_without_save_refuses_gradients():
+    args = _op_args('channel_major', True)
+    with pytest.raises(RuntimeError, match='save=False where a gradient is needed'):
+        torch.ops.vmamba_mm.selective_scan_fwd(*args, True, False, 'torch', False)
+
+
+def test_one_node_in_export_and_compile():
+    """torch.export and torch.compile see the operator as one node (not the loops)."""
+    class Scan(torch.nn.Module):
+        def forward(self, u, delta, A, B, C, D, z, bias):
+            return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True,
+                                  layout='time_major')
+
+    args = _op_args('time_major', False, L=40, dtype=torch.float32)
+    args = tuple(t.contiguous() for t in args)
+    ep = torch.export.export(Scan(), args)
+    targets = [n.target for n in ep.graph.nodes if n.op == 'call_function']
+    assert targets.count(torch.ops.vmamba_mm.selective_scan_fwd.default) == 1
+    import operator
+    others = [t for t in targets if t is not torch.ops.vmamba_mm.selective_scan_fwd.default]
+    assert all(t is operator.getitem for t in others), targets  # only its outputs unpacked
+    compiled = torch.compile(Scan(), fullgraph=True, backend='aot_eager')
+    assert torch.equal(compiled(*args), Scan()(*args))
+
+
+# ------------------------------------------------------------ backend choice and errors
 def test_auto_backend_and_env(monkeypatch):
     inputs = make_inputs(1, 4, 9, 2, 1)
     args = {k: v.detach() for k, v in inputs.items() if v is not None}
@@ -258,12 +411,20 @@ def test_auto_backend_and_env(monkeypatch):
     monkeypatch.delenv('VMAMBA_MM_SCAN_BACKEND', raising=False)
     assert torch.allclose(selective_scan(**args), ref, atol=1e-12)
     monkeypatch.setenv('VMAMBA_MM_SCAN_BACKEND', 'nope')
-    with pytest.raises(ValueError, match='unknown backend'):
+    with pytest.raises(ValueError, match="unknown backend 'nope'.*'reference'.*'torch'.*'triton'"):
         selective_scan(**args)
+    # the cross-scan choice is independent
+    from vmamba_mm.ops import cross_scan
+    assert cross_scan(torch.randn(1, 2, 3, 4)).shape == (1, 4, 2, 12)
 
 
-def _good(dtype=torch.float32):
+def _good(dtype=torch.float32, layout='channel_major'):
     batch, dim, N, L = 2, 4, 3, 5
+    if layout == 'time_major':
+        return dict(u=torch.randn(batch, L, dim, dtype=dtype),
+                    delta=torch.rand(batch, L, dim, dtype=dtype),
+                    A=-torch.rand(dim, N), B=torch.randn(batch, L, 2, N, dtype=dtype),
+                    C=torch.randn(batch, L, 2, N, dtype=dtype), layout=layout)
     return dict(u=torch.randn(batch, dim, L, dtype=dtype),
                 delta=torch.rand(batch, dim, L, dtype=dtype),
                 A=-torch.rand(dim, N), B=torch.randn(batch, 2, N, L, dtype=dtype),
@@ -286,7 +447,8 @@ def _good(dtype=torch.float32):
     (dict(delta=torch.rand(2, 4, 5, device='meta')), ValueError, 'delta is on meta'),
     (dict(u=torch.randn(2, 4, 0), delta=torch.rand(2, 4, 0), B=torch.randn(2, 2, 3, 0),
           C=torch.randn(2, 2, 3, 0)), ValueError, 'empty sequence'),
-    (dict(backend='cuda'), ValueError, 'unknown backend'),
+    (dict(backend='cuda'), ValueError, "unknown backend 'cuda'; choose one of"),
+    (dict(layout='BLD'), ValueError, "unknown layout 'BLD'"),
 ])
 def test_errors(change, error, match):
     kw = _good()
@@ -295,12 +457,23 @@ def test_errors(change, error, match):
         selective_scan(**kw)
 
 
-def test_triton_refuses_float64():
+@pytest.mark.parametrize('change,match', [
+    (dict(B=torch.randn(2, 2, 3, 5)), r'B must be \(batch, L, G, N\).*got shape \(2, 2, 3, 5\)'),
+    (dict(u=torch.randn(2, 4, 5)), 'delta shape'),
+])
+def test_time_major_errors_name_the_layout(change, match):
+    kw = _good(layout='time_major')
+    kw.update(change)
+    with pytest.raises(ValueError, match=match):
+        selective_scan(**kw)
+
+
+def test_triton_refuses_float64_and_names_alternatives():
     if not has_triton():
         pytest.skip('triton not installed')
-    kw = _good(torch.float64)
-    with pytest.raises(TypeError, match='triton supports fp16/bf16/fp32'):
-        selective_scan(**kw, backend='triton')
+    with pytest.raises(TypeError, match=r"backend 'triton' takes .*got torch.float64; "
+                                        r"backends for torch.float64: \['reference', 'torch'\]"):
+        selective_scan(**_good(torch.float64), backend='triton')
 
 
 def test_triton_missing_is_a_clear_import_error(monkeypatch):
@@ -310,133 +483,53 @@ def test_triton_missing_is_a_clear_import_error(monkeypatch):
         selective_scan(**_good(), backend='triton')
 
 
-def test_matches_softplus_delta_semantics():
-    """delta_bias is added before softplus, and D/z apply after the scan (mamba_ssm semantics)."""
-    inputs = make_inputs(1, 2, 3, 1, 1, z=True, D=True, delta_bias=True, softplus=True)
-    kw = {k: v.detach() for k, v in inputs.items()}
-    out = selective_scan(**kw, delta_softplus=True, backend='torch')
-    dt = F.softplus(kw['delta'] + kw['delta_bias'][:, None])
-    plain = selective_scan(kw['u'], dt, kw['A'], kw['B'], kw['C'], backend='torch')
-    expected = (plain + kw['D'][:, None] * kw['u']) * F.silu(kw['z'])
-    assert torch.allclose(out, expected, atol=1e-12)
-
-
-_COMPILE_FOR_SM90 = r'''
-import sys, types
-# Load vmamba_mm.ops alone (not the models and the OpenMMLab stack): faster start.
-package = types.ModuleType('vmamba_mm')
-package.__path__ = ['vmamba_mm']
-sys.modules['vmamba_mm'] = package
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from vmamba_mm.ops.selective_scan import kernels as K
-from vmamba_mm.ops.cross_scan import kernels as CK
-
-def build(fn, consts, dtype):
-    names = fn.arg_names
-    sig = {n: 'constexpr' if n in consts else (
-        ('*fp32' if n.split('_')[0] in ('A', 'D', 'bias', 'states', 'last', 'dlast', 'dA', 'dB',
-                                        'dC', 'dD', 'dbias') else dtype)
-        if n.endswith('_ptr') else 'i32') for n in names}
-    src = ASTSource(fn, sig, {(names.index(n),): v for n, v in consts.items()})
-    triton.compile(src, target=GPUTarget('cuda', 90, 32))
-
-for N, z, dtype in ((1, False, '*fp32'), (16, True, '*bf16')):
-    common = dict(N=N, HAS_D=True, HAS_Z=z, HAS_BIAS=True, SOFTPLUS=True)
-    for backward, fn in ((False, K._fwd_kernel), (True, K._bwd_kernel)):
-        BLOCK_D, BLOCK_L, NP = K._blocks(4 * 96, 4, N, backward)
-        extra = dict(HAS_DLAST=True) if backward else {}
-        build(fn, dict(common, NP=NP, BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L, **extra), dtype)
-build(CK._cross_scan_kernel, dict(BLOCK_H=32, BLOCK_W=32), '*fp16')
-build(CK._cross_merge_kernel, dict(BLOCK_H=32, BLOCK_W=32, ACC_F64=False), '*fp16')
-print('compiled')
-'''
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='a CUDA machine runs the kernels for real')
-def test_triton_kernels_compile_for_gpu():
-    """The interpreter does not compile: build the real kernels for sm_90 (no GPU needed)."""
-    pytest.importorskip('triton')
-    import subprocess
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env['PYTHONPATH'] = os.pathsep.join([root, env.get('PYTHONPATH', '')])
-    res = subprocess.run([sys.executable, '-c', _COMPILE_FOR_SM90], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and 'compiled' in res.stdout, res.stderr[-3000:]
-
-
-# ------------------------------------------------------ time-major inference path
-# (batch, dim, L, N, G): square and non-square L (chunked body + step-by-step tail).
-TIME_MAJOR_CASES = [(1, 4, 1, 1, 1), (2, 8, 23, 1, 4), (2, 6, 49, 1, 2), (1, 8, 50, 3, 2),
-                    (2, 4, 2, 2, 1), (1, 8, 130, 1, 4)]
-
-
-@pytest.mark.parametrize('case', TIME_MAJOR_CASES, ids=[f'b{c[0]}d{c[1]}L{c[2]}N{c[3]}G{c[4]}'
-                                                        for c in TIME_MAJOR_CASES])
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-def test_time_major_inference_matches_reference(case, dtype):
-    """The in-place inference scan on (batch, L, dim) tensors equals the reference loop."""
-    from vmamba_mm.ops.selective_scan.chunked import selective_scan_time_major
-    batch, dim, L, N, G = case
-    kw = {k: v.detach() for k, v in make_inputs(batch, dim, L, N, G, D=True, delta_bias=True,
-                                                 softplus=True, seed=L).items() if v is not None}
-    expected = selective_scan_naive(kw['u'], kw['delta'], kw['A'], kw['B'], kw['C'], kw['D'], None,
-                                    kw['delta_bias'], True, False)
-    tm = {k: v.to(dtype) for k, v in kw.items()}
-    B_tm, C_tm = (tm[k].permute(0, 3, 1, 2) for k in ('B', 'C'))  # (batch, L, G, N), strided
-    delta = tm['delta'].transpose(1, 2).contiguous()
-    out = selective_scan_time_major(tm['u'].transpose(1, 2), delta, tm['A'], B_tm, C_tm, tm['D'],
-                                    delta_bias=tm['delta_bias'], delta_softplus=True)
-    assert out.shape == (batch, L, dim) and out.dtype == dtype
-    tol = 1e-12 if dtype == torch.float64 else 2e-5
-    assert_close('out', out.transpose(1, 2), expected, tol, tol * (expected.abs().max() + 1))
-
-
-@pytest.mark.parametrize('case', TIME_MAJOR_CASES[1:4], ids=['L23', 'L49', 'L50N3'])
-def test_time_major_autograd_matches_reference(case):
-    """With gradients the time-major entry is the chunked autograd Function:
-    output and every gradient against the reference loop (float64)."""
-    from vmamba_mm.ops.selective_scan.chunked import selective_scan_time_major
-    batch, dim, L, N, G = case
-    inputs = make_inputs(batch, dim, L, N, G, D=True, delta_bias=True, softplus=True, seed=L)
-    inputs = {k: v for k, v in inputs.items() if v is not None}
-    ref = run(inputs, 'reference', True, False)
-    args = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    out = selective_scan_time_major(
-        args['u'].transpose(1, 2), args['delta'].transpose(1, 2), args['A'],
-        args['B'].permute(0, 3, 1, 2), args['C'].permute(0, 3, 1, 2), args['D'],
-        delta_bias=args['delta_bias'], delta_softplus=True).transpose(1, 2)
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
-    (out * w).sum().backward()
-    assert torch.equal(args['delta'].detach(), inputs['delta'].detach()), 'delta modified'
-    compare((out, None, {k: v.grad for k, v in args.items()}), ref, 1e-10, 1e-10)
-
-
-def test_softplus_is_exact_to_a_few_ulps():
-    """The vectorised in-place softplus against float64 log1p(exp(x)), over the whole
-    range: tiny (x << 0), around 0, large, beyond the threshold and +-inf."""
-    from vmamba_mm.ops.selective_scan.chunked import _softplus_
-    x = torch.cat([torch.linspace(-90, 90, 20001), torch.randn(20000) * 5,
-                   torch.tensor([-float('inf'), float('inf'), 0.0, 20.0, 20.5, -20.0])])
-    got = _softplus_(x.clone())
-    exact = F.softplus(x.double(), threshold=1000)
-    exact[x == float('inf')] = float('inf')
-    finite = torch.isfinite(exact)
-    assert torch.equal(got[~finite], exact[~finite].float())
-    ulp = torch.finfo(torch.float32).eps * exact[finite].abs().clamp(min=torch.finfo(torch.float32).tiny)
-    err_ulps = ((got[finite].double() - exact[finite]).abs() / ulp).max()
-    assert err_ulps <= 4, f'softplus off by {err_ulps:.1f} ulps'
-
-
 def test_triton_on_cpu_tensors_without_interpreter_is_a_clear_error(monkeypatch):
-    """Both Triton operators refuse CPU tensors unless TRITON_INTERPRET=1 (one shared check)."""
-    if not has_triton():
-        pytest.skip('triton not installed')
+    """Both operators refuse the Triton backend for CPU tensors unless TRITON_INTERPRET=1,
+    and say which backends run there."""
     from vmamba_mm.ops import cross_scan
     monkeypatch.delenv('TRITON_INTERPRET', raising=False)
-    with pytest.raises(RuntimeError, match='selective_scan: backend triton needs CUDA tensors'):
+    with pytest.raises(ValueError, match=r"selective_scan: backend 'triton' does not run on cpu "
+                                         r"tensors.*backends for cpu: \['reference', 'torch'\]"):
         selective_scan(**_good(torch.float32), backend='triton')
-    with pytest.raises(RuntimeError, match='cross_scan: backend triton needs CUDA tensors'):
+    with pytest.raises(ValueError, match="cross_scan: backend 'triton' does not run on cpu"):
         cross_scan(torch.randn(1, 2, 3, 4), backend='triton')
+
+
+def test_registry_describes_every_backend():
+    from vmamba_mm.ops import backends
+    table = backends()
+    assert set(table) == {'reference', 'torch', 'triton'}
+    assert table['torch'].inplace_inference and not table['reference'].inplace_inference
+    assert torch.float64 not in table['triton'].dtypes
+    for b in table.values():
+        assert set(b.modules) == {'selective_scan', 'cross_scan'}
+        assert set(b.layouts) == {'channel_major', 'time_major'}
+
+
+def test_register_backend_adds_a_backend_to_both_choices(monkeypatch):
+    """The newcomer's recipe of docs/ops.md: a backend module with the entry points,
+    registered once, usable by name (here it delegates to the reference)."""
+    import types
+    from vmamba_mm.ops import backend as registry
+    from vmamba_mm.ops import Backend, cross_scan, register_backend
+    mod = types.ModuleType('my_scan_backend')
+    from vmamba_mm.ops.selective_scan import naive
+    calls = []
+
+    def scan_fwd(*args):
+        calls.append('fwd')
+        return naive.scan_fwd(*args)
+
+    mod.scan_fwd, mod.scan_bwd = scan_fwd, naive.scan_bwd
+    mod.NUM_RESIDUALS, mod.fake_residuals = 0, naive.fake_residuals
+    monkeypatch.setitem(sys.modules, 'my_scan_backend', mod)
+    monkeypatch.setattr(registry, '_REGISTRY', dict(registry._REGISTRY))
+    register_backend(Backend('mine', {'selective_scan': 'my_scan_backend'}, devices=('cpu', ),
+                             doc='test backend'))
+    with pytest.raises(ValueError, match='already registered'):
+        register_backend(Backend('mine', {}, devices=('cpu', )))
+    kw = _good()
+    out = selective_scan(**kw, backend='mine')
+    assert calls == ['fwd'] and torch.equal(out, selective_scan(**kw, backend='reference'))
+    with pytest.raises(ValueError, match="cross_scan: unknown backend 'mine'"):
+        cross_scan(torch.randn(1, 2, 3, 4), backend='mine')

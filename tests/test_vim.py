@@ -85,6 +85,21 @@ def test_mixer_matches_reference_forward_and_backward():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f'grad of {name}')
 
 
+def test_scan_backend_per_model():
+    """scan_backend= reaches every mixer and overrides the environment variable; the
+    reference backend gives the same model (float64); a typo fails at build time."""
+    torch.manual_seed(0)
+    model = randomise_(Vim(tiny_arch(), img_size=32, scan_backend='torch')).double()
+    ref = Vim(tiny_arch(), img_size=32, scan_backend='reference').double()
+    ref.load_state_dict(model.state_dict())
+    assert {m.scan_backend for m in ref.modules() if isinstance(m, BidirectionalMamba)} == {
+        'reference'}
+    x = torch.randn(2, 3, 32, 48, dtype=torch.float64)
+    torch.testing.assert_close(model(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="Vim: unknown scan_backend 'fast'; choose one of"):
+        Vim(tiny_arch(), scan_backend='fast')
+
+
 def test_full_model_matches_manual_composition():
     """Add-norm order, first-layer residual, middle class token, pos embed, norm_f."""
     torch.manual_seed(0)

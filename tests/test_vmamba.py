@@ -258,30 +258,53 @@ def test_bad_config_errors(kwargs, exc, words):
         assert w in str(info.value)
 
 
-def test_time_major_paths_match_general_path(monkeypatch):
-    """On the 'torch' backend SS2D runs time-major, with autograd (training) and in
-    place (no_grad): same features and gradients as the general channel-major
-    path (float64; the general path with the reference scan)."""
+def test_backends_give_the_same_model():
+    """SS2D has one path; the per-model backend choice changes only who computes the
+    operators: the default ('torch', with autograd in training and in place under
+    no_grad) against scan_backend='reference', cross_scan_backend='reference'
+    (float64: features and every parameter gradient)."""
     model = VMamba(SMALL_ARCH).double().eval()
     _randomise(model)
+    reference = VMamba(SMALL_ARCH, scan_backend='reference',
+                       cross_scan_backend='reference').double().eval()
+    reference.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 37, 50, dtype=torch.float64)
 
-    def features_and_grads():
-        model.zero_grad()
-        outs = model(x)
+    def features_and_grads(m):
+        m.zero_grad()
+        outs = m(x)
         sum((o * o).sum() for o in outs).backward()
-        return [o.detach() for o in outs], [p.grad.clone() for p in model.parameters()]
+        return [o.detach() for o in outs], [p.grad.clone() for p in m.parameters()]
 
-    time_major = features_and_grads()
+    torch_backend = features_and_grads(model)
     with torch.no_grad():
         in_place = model(x)
-    monkeypatch.setenv('VMAMBA_MM_SCAN_BACKEND', 'reference')
-    general = features_and_grads()
-    for a, b, c in zip(time_major[0], in_place, general[0]):
+    general = features_and_grads(reference)
+    for a, b, c in zip(torch_backend[0], in_place, general[0]):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-10)
-    for a, c in zip(time_major[1], general[1]):
+    for a, c in zip(torch_backend[1], general[1]):
         torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
+
+
+def test_backend_choice_per_model_and_errors(monkeypatch):
+    """scan_backend / cross_scan_backend reach every block, override the environment
+    variables, and a typo fails when the model is built, listing the choices."""
+    monkeypatch.setenv('VMAMBA_MM_SCAN_BACKEND', 'nope')
+    monkeypatch.setenv('VMAMBA_MM_CROSS_SCAN_BACKEND', 'nope')
+    model = VMamba(dict(depths=(1, 1), dims=8), out_indices=(0, 1), scan_backend='torch',
+                   cross_scan_backend='reference')
+    ops = [m for m in model.modules() if type(m).__name__ == 'SS2D']
+    assert len(ops) == 2 and all(m.scan_backend == 'torch' for m in ops)
+    assert all(m.cross_scan_backend == 'reference' for m in ops)
+    model(torch.randn(1, 3, 16, 16))  # the environment's 'nope' is not consulted
+    with pytest.raises(ValueError, match="unknown .*'nope'"):
+        VMamba(dict(depths=(1, 1), dims=8), out_indices=(0, 1))(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"VMamba: unknown scan_backend 'trition'; choose one of "
+                                         r"\['reference', 'torch', 'triton'\]"):
+        VMamba('tiny', scan_backend='trition')
+    with pytest.raises(ValueError, match='VMamba: unknown cross_scan_backend'):
+        VMamba('tiny', cross_scan_backend='cuda')
 
 
 @pytest.mark.parametrize('gelu', [False, True])
@@ -308,8 +331,8 @@ def test_inference_linear_matches_plain_ops(gelu, bias):
 
 
 def test_float32_inference_path_matches_autograd_path():
-    """float32 under no_grad: oneDNN linears and the in-place time-major scan,
-    against the autograd path (MKL linears, chunked autograd scan) of the same weights."""
+    """float32 under no_grad: oneDNN linears and the in-place scan, against the
+    autograd path (MKL linears, the scan keeping its residuals) of the same weights."""
     model = VMamba(SMALL_ARCH).eval()
     _randomise(model)
     x = torch.randn(2, 3, 45, 61)

@@ -1,110 +1,42 @@
-"""FLOP counting for models that use vmamba_mm's selective scan.
+"""FLOP counting for models that use vmamba_mm's operators.
 
 mmengine's :class:`~mmengine.analysis.FlopAnalyzer` (a port of fvcore's jit-tracing
 counter; one multiply-add = one FLOP) counts convolutions, linear layers, einsums,
-matmuls, norms, interpolation and pooling. It cannot see inside the selective scan
-(a Python loop, a chunked PyTorch scan or a Triton kernel), so while counting,
-:func:`scan_counting` swaps ``vmamba_mm.ops.selective_scan`` -- in the ``ops``
-package and wherever a ``vmamba_mm`` module imported it by name -- for a stand-in
-that returns a tensor of the output's shape and shows up in the traced graph as one
-``prim::PythonOp.ScanFlopStandIn`` node, counted by :func:`selective_scan_flops`.
-
-The scan is counted the way VMamba counts it (``flops_selective_scan_fn`` in
-MzeroMiko/VMamba, following state-spaces/mamba#110), for ``u`` of shape
-``(batch, dim, L)`` and ``N = d_state``::
+matmuls, norms, interpolation and pooling. The selective scan is a registered
+operator, so the traced graph holds one ``vmamba_mm::selective_scan_fwd`` node per
+scan, counted by :func:`scan_flop_jit` with VMamba's formula
+(:func:`vmamba_mm.ops.selective_scan_flops`; the same formula is registered for
+``torch.utils.flop_counter.FlopCounterMode``), for ``u`` of ``batch x dim x L``
+elements and ``N = d_state``::
 
     FLOPs = 9 * batch * dim * N * L      # discretisation exp(delta*A), delta*B*u,
                                          # the recurrence h = dA*h + dBu, and y = C.h
           + batch * dim * L   if D given # skip term D * u
           + batch * dim * L   if z given # gate y * silu(z)
 
-Cross-scan / cross-merge are data movement (plus the merge's additions, which
-fvcore-style counters ignore like every elementwise add): 0 FLOPs, as in VMamba's
-own counts. Elementwise activations (SiLU, GELU, exp, softplus) count 0, also as there.
+Cross-scan / cross-merge (``vmamba_mm::cross_scan`` / ``cross_merge`` nodes) are
+data movement (plus the merge's additions, which fvcore-style counters ignore like
+every elementwise add): 0 FLOPs, as in VMamba's own counts. Elementwise
+activations (SiLU, GELU, exp, softplus) count 0, also as there.
 """
-import contextlib
-import sys
-
 import torch
 from torch import nn
 
-SCAN_OP_NAME = 'prim::PythonOp.ScanFlopStandIn'
+from .ops import selective_scan_flops
 
-
-def selective_scan_flops(batch, dim, length, d_state, with_D=True, with_z=False):
-    """FLOPs of one selective scan, VMamba's formula (see the module docstring).
-
-    Args:
-        batch (int): batch size of ``u``.
-        dim (int): channels of ``u`` (all groups/directions together).
-        length (int): sequence length ``L``.
-        d_state (int): state size ``N`` (columns of ``A``).
-        with_D (bool): the skip term ``D * u`` is present.
-        with_z (bool): the gate ``z`` is present.
-
-    Returns:
-        int: the FLOP count.
-    """
-    flops = 9 * batch * dim * d_state * length
-    if with_D:
-        flops += batch * dim * length
-    if with_z:
-        flops += batch * dim * length
-    return flops
-
-
-class ScanFlopStandIn(torch.autograd.Function):
-    """Shape-only stand-in for the scan while tracing (one graph node).
-
-    ``D`` and ``z`` are always passed as tensors (empty when absent) so that the
-    counting handle sees them at fixed input positions.
-    """
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z):
-        return u.clone()
-
-
-def _stand_in_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, backend=None):
-    """Drop-in for :func:`vmamba_mm.ops.selective_scan` used by :func:`scan_counting`."""
-    from vmamba_mm.ops.selective_scan import _check
-    _check(u, delta, A, B, C, D, z, delta_bias)  # same errors as the real operator
-    empty = u.new_empty(0)
-    out = ScanFlopStandIn.apply(u, delta, A, B, C, empty if D is None else D,
-                                empty if z is None else z)
-    if return_last_state:
-        return out, u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
-    return out
+SCAN_OP_NAME = 'vmamba_mm::selective_scan_fwd'
 
 
 def scan_flop_jit(inputs, outputs):
-    """FlopAnalyzer handle for :data:`SCAN_OP_NAME` nodes."""
-    batch, dim, length = inputs[0].type().sizes()
+    """FlopAnalyzer handle for :data:`SCAN_OP_NAME` nodes (the operator's arguments:
+    u, delta, A, B, C, D?, z?, delta_bias?, delta_softplus, time_major, ...)."""
+    u_shape = inputs[0].type().sizes()
     d_state = inputs[2].type().sizes()[1]
-    with_D = inputs[5].type().sizes() != [0]
-    with_z = inputs[6].type().sizes() != [0]
-    return selective_scan_flops(batch, dim, length, d_state, with_D, with_z)
-
-
-@contextlib.contextmanager
-def scan_counting():
-    """Within the block, every ``selective_scan`` reference in ``vmamba_mm`` modules
-    is the tracing stand-in (restored on exit)."""
-    import vmamba_mm.ops as ops
-    real = ops.selective_scan
-    patched = []
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name == 'vmamba_mm' or name.startswith('vmamba_mm.')):
-            continue
-        if getattr(module, 'selective_scan', None) is real:
-            setattr(module, 'selective_scan', _stand_in_scan)
-            patched.append(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            module.selective_scan = real
+    time_major = bool(inputs[9].toIValue())
+    batch, a, b = u_shape
+    dim, length = (b, a) if time_major else (a, b)
+    present = [not isinstance(inputs[i].type(), torch._C.NoneType) for i in (5, 6)]
+    return selective_scan_flops(batch, dim, length, d_state, *present)
 
 
 def count_flops(model, inputs):
@@ -129,7 +61,7 @@ def count_flops(model, inputs):
     was_training = model.training
     model.eval()
     try:
-        with scan_counting(), torch.no_grad():
+        with torch.no_grad():
             analyzer = FlopAnalyzer(model, inputs)
             analyzer.set_op_handle(**{SCAN_OP_NAME: scan_flop_jit})
             analyzer.unsupported_ops_warnings(False)

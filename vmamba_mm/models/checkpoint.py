@@ -8,7 +8,6 @@ that names the offending keys. Missing and unexpected keys are always logged.
 """
 import torch
 from mmengine.logging import MMLogger, print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 
 # Fewer matched parameter tensors than this fraction of the model's = wrong checkpoint.
 MIN_MATCHED_FRACTION = 0.5
@@ -16,6 +15,8 @@ MIN_MATCHED_FRACTION = 0.5
 
 def read_state_dict(filename):
     """Load a checkpoint file/URL and return its backbone state dict."""
+    # mmengine.runner pulls in its hooks (OpenCV): imported when a checkpoint is read.
+    from mmengine.runner.checkpoint import CheckpointLoader
     try:
         ckpt = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
     except FileNotFoundError:

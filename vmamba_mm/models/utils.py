@@ -1,7 +1,8 @@
-"""Small helpers shared by the backbones."""
+"""Small helpers shared by the backbones (torch only: no mmcv)."""
 import platform
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 # The fused oneDNN linear is measured and tested on x86-64 only.
@@ -64,3 +65,73 @@ def linear(x, weight, bias=None, gelu=False):
                                                   'none' if gelu else '')
     y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
+
+
+def check_backend_name(model, arg, name, op):
+    """Raise unless ``name`` is None or a backend registered for operator ``op``
+    (a config typo fails when the model is built, not at its first forward)."""
+    from ..ops import backends
+    if name is not None and name not in backends(op):
+        raise ValueError(f'{model}: unknown {arg} {name!r}; choose one of '
+                         f'{sorted(backends(op))} or None (environment variable / device default)')
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero the whole residual branch of each
+    sample with probability ``drop_prob`` and scale the kept ones by
+    ``1 / (1 - drop_prob)``; identity in eval mode.
+
+    Args:
+        drop_prob (float): probability of dropping a sample's branch, in [0, 1).
+    """
+
+    def __init__(self, drop_prob=0.1):
+        super().__init__()
+        if not 0 <= drop_prob < 1:
+            raise ValueError(f'DropPath: drop_prob must be in [0, 1), got {drop_prob}')
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x):
+        if not self.training or self.drop_prob == 0:
+            return x
+        keep = 1 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * (mask / keep)
+
+    def extra_repr(self):
+        return f'drop_prob={self.drop_prob}'
+
+
+_NORMS = {'BN': nn.BatchNorm2d, 'BN2d': nn.BatchNorm2d, 'SyncBN': nn.SyncBatchNorm,
+          'GN': nn.GroupNorm}
+
+
+def build_norm_layer(cfg, num_features):
+    """A 2-D feature-map norm from an OpenMMLab-style config.
+
+    Args:
+        cfg (dict): ``type`` ('BN', 'BN2d', 'SyncBN' or 'GN'), optional
+            ``requires_grad`` (default True) and the layer's keyword arguments
+            (``eps``, ``momentum``; ``num_groups`` for GN).
+        num_features (int): channels.
+
+    Returns:
+        nn.Module: the norm layer.
+    """
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise TypeError(f'norm_cfg must be a dict with a "type" key, got {cfg!r}')
+    kwargs = dict(cfg)
+    norm_type = kwargs.pop('type')
+    requires_grad = kwargs.pop('requires_grad', True)
+    if norm_type not in _NORMS:
+        raise ValueError(f'norm_cfg: unknown norm type {norm_type!r}; choose one of '
+                         f'{sorted(_NORMS)}')
+    if norm_type == 'GN':
+        if 'num_groups' not in kwargs:
+            raise ValueError('norm_cfg: GN needs num_groups')
+        layer = nn.GroupNorm(num_channels=num_features, **kwargs)
+    else:
+        layer = _NORMS[norm_type](num_features, **kwargs)
+    for p in layer.parameters():
+        p.requires_grad = requires_grad
+    return layer

@@ -29,15 +29,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
-from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
 from ..ops import selective_scan
 from ..registry import register_model
 from .checkpoint import load_pretrained
-from .utils import at_least_fp32, check_drop_path_rate, check_input_dtype
+from .utils import (DropPath, at_least_fp32, build_norm_layer, check_backend_name,
+                    check_drop_path_rate, check_input_dtype)
 
 
 class RMSNorm(nn.Module):
@@ -68,11 +67,14 @@ class BidirectionalMamba(nn.Module):
         num_layers (int): depth of the network, used to scale the initial
             ``out_proj`` weights by ``1/sqrt(num_layers)`` as the official init.
         dt_min, dt_max (float): range of the initial time steps.
+        scan_backend (str, optional): backend of the selective scan (see
+            :mod:`vmamba_mm.ops.backend`); ``None``: environment variable or device default.
     """
 
     def __init__(self, dim, d_state=16, expand=2, d_conv=4, num_layers=24,
-                 dt_min=0.001, dt_max=0.1):
+                 dt_min=0.001, dt_max=0.1, scan_backend=None):
         super().__init__()
+        self.scan_backend = scan_backend
         self.d_inner = d_inner = expand * dim
         self.d_state = d_state
         self.d_conv = d_conv
@@ -128,7 +130,7 @@ class BidirectionalMamba(nn.Module):
         D = at_least_fp32(torch.cat([self.D, self.D_b]))
         dt_bias = at_least_fp32(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
         y = selective_scan(u, dt, A, B.contiguous(), C.contiguous(), D=D, z=z,
-                           delta_bias=dt_bias, delta_softplus=True)
+                           delta_bias=dt_bias, delta_softplus=True, backend=self.scan_backend)
         y_f, y_b = y.chunk(2, dim=1)
         y = (y_f + y_b.flip(-1)) / 2
         return self.out_proj(y.transpose(1, 2))
@@ -255,6 +257,10 @@ class Vim(BaseModule):
         norm_cfg (dict): norm of the stride-4 branch. Defaults to BN (the
             official configs use SyncBN).
         with_cp (bool): gradient checkpointing per block.
+        scan_backend (str, optional): backend of the selective scan ('reference',
+            'torch', 'triton'; see :mod:`vmamba_mm.ops.backend`). ``None``: the
+            environment variable ``VMAMBA_MM_SCAN_BACKEND`` if set, else 'triton'
+            for CUDA tensors and 'torch' otherwise.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
             loads an official (or our own) checkpoint with key conversion and
             position-embedding resizing; other types go to mmengine.
@@ -277,9 +283,11 @@ class Vim(BaseModule):
                  drop_path_rate=0.,
                  norm_cfg=dict(type='BN', requires_grad=True),
                  with_cp=False,
+                 scan_backend=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
+        check_backend_name('Vim', 'scan_backend', scan_backend, 'selective_scan')
         self.embed_dims = dim = arch['embed_dims']
         self.num_layers = arch['num_layers']
         if out_type not in self.OUT_TYPES:
@@ -312,7 +320,7 @@ class Vim(BaseModule):
         # mixer's output (added before norm_f) gets dpr[-1] = drop_path_rate.
         dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
         mixer_kwargs = dict(d_state=arch['d_state'], expand=arch['expand'],
-                            num_layers=self.num_layers)
+                            num_layers=self.num_layers, scan_backend=scan_backend)
         self.layers = nn.ModuleList([
             Block(dim, drop_path=([0.] + dpr)[i], **mixer_kwargs)
             for i in range(self.num_layers)
@@ -327,7 +335,7 @@ class Vim(BaseModule):
             # Pyramid as the official seg/backbone/vim.py (same module names).
             self.fpn1 = nn.Sequential(
                 nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
-                build_norm_layer(norm_cfg, dim)[1],
+                build_norm_layer(norm_cfg, dim),
                 nn.GELU(),
                 nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
             self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))

@@ -5,13 +5,12 @@ stem v2, downsample v3, channels-first) of Liu et al., *VMamba: Visual State
 Space Model* (NeurIPS 2024). Tensors are NCHW throughout (inside, NCHW views of
 channels-last memory, so that the LayerNorms and 1x1 projections run as plain
 matrix products); the selective scan is the shared
-:func:`vmamba_mm.ops.selective_scan` (Triton on GPU, chunked PyTorch on CPU), the
-4-direction traversal :func:`vmamba_mm.ops.cross_scan` /
-:func:`vmamba_mm.ops.cross_merge`. On the 'torch' backend (the CPU default)
-SS2D runs time-major, training and inference alike, with the same numerics
-(:meth:`SS2D._forward_time_major`); inference there also computes the scan in
-place and fuses the MLP's first linear layer with its GELU
-(:func:`~vmamba_mm.models.utils.linear`).
+:func:`vmamba_mm.ops.selective_scan` and the 4-direction traversal
+:func:`vmamba_mm.ops.cross_scan` / :func:`vmamba_mm.ops.cross_merge`, registered
+operators with a backend per device (Triton on GPU, chunked PyTorch elsewhere).
+SS2D has one path on every device: time-major (B, L, K, D) sequences built from
+the channels-last activations. On CPU, float32 inference fuses the MLP's first
+linear layer with its GELU (:func:`~vmamba_mm.models.utils.linear`).
 
 Module and parameter names follow the official code (``layers.{i}.blocks.{j}.op.*``,
 ``outnorm{i}``, ...) except the stem and the downsampling layers, whose official
@@ -25,17 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..ops import cross_merge, cross_scan, selective_scan
-from ..ops.cross_scan.functions import cross_merge_time_major, cross_scan_time_major
-from ..ops.backend import pick_backend
-from ..ops.selective_scan.chunked import selective_scan_time_major
 from ..registry import register_model
 from .checkpoint import load_pretrained
-from .utils import at_least_fp32, check_drop_path_rate, check_input_dtype, linear
+from .utils import (DropPath, at_least_fp32, check_backend_name, check_drop_path_rate,
+                    check_input_dtype, linear)
 
 # Released configurations (classification/configs/vssm/vmambav2*_224.yaml).
 ARCH_SETTINGS = {
@@ -84,15 +80,20 @@ class SS2D(nn.Module):
         dim (int): Input / output channels.
         d_state (int): SSM state size N.
         ssm_ratio (float): Inner width = ``int(ssm_ratio * dim)``.
+        scan_backend (str, optional): backend of the selective scan (see
+            :mod:`vmamba_mm.ops.backend`); ``None``: environment variable or device default.
+        cross_scan_backend (str, optional): backend of cross-scan / cross-merge, likewise.
     """
 
     num_directions = 4
     # Initial time steps softplus(dt bias): log-uniform in [dt_min, dt_max] (Mamba).
     dt_min, dt_max, dt_init_floor = 0.001, 0.1, 1e-4
 
-    def __init__(self, dim, d_state=1, ssm_ratio=1.0):
+    def __init__(self, dim, d_state=1, ssm_ratio=1.0, scan_backend=None, cross_scan_backend=None):
         super().__init__()
         K = self.num_directions
+        self.scan_backend = scan_backend
+        self.cross_scan_backend = cross_scan_backend
         self.d_state = d_state
         self.d_inner = d_inner = int(ssm_ratio * dim)
         self.dt_rank = dt_rank = math.ceil(dim / 16)
@@ -132,45 +133,23 @@ class SS2D(nn.Module):
 
     def forward(self, x):
         x = self.act(self.conv2d(self.in_proj(x)))
-        # The 'torch' backend (the CPU default) runs time-major; FLOP counters
-        # and exporters (tracing) see the general path.
-        if pick_backend('SS2D', None, x) == 'torch' and not torch.jit.is_tracing():
-            return self._forward_time_major(x)
-        B, _, H, W = x.shape
-        K, D, N, R, L = self.num_directions, self.d_inner, self.d_state, self.dt_rank, H * W
-        xs = cross_scan(x)  # (B, K, D, L)
-        # Per-direction projections as batched matmuls over (B, K): no layout copies.
-        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # (B, K, D, L)
-        # A, D and the dt bias enter the scan in (at least) float32, as official.
-        ys = selective_scan(
-            xs.reshape(B, K * D, L), dts.reshape(B, K * D, L), -torch.exp(at_least_fp32(self.A_logs)),
-            Bs, Cs, at_least_fp32(self.Ds), delta_bias=at_least_fp32(self.dt_projs_bias).view(-1),
-            delta_softplus=True)
-        y = cross_merge(ys.view(B, K, D, H, W))
-        return self.out_proj(self.out_norm(y))
-
-    def _forward_time_major(self, x):
-        """The 'torch' backend's path, time-major (B, L, K, D) throughout.
-
-        Same computation as the general path, but the scan inputs are built from
-        the channels-last activations by whole-row copies and the scan runs on
-        them directly (:func:`selective_scan_time_major`; in place under
-        no_grad): none of the (channels, L) <-> (L, channels) transposes.
-        """
         B, D, H, W = x.shape
         K, N, R, L = self.num_directions, self.d_state, self.dt_rank, H * W
-        xs = cross_scan_time_major(x.permute(0, 2, 3, 1))  # (B, L, K, D)
+        # Time-major (B, L, K, D) throughout: the activations are channels-last, so
+        # the scan inputs are whole-row copies of them (no channel/sequence transposes).
+        xs = cross_scan(x.permute(0, 2, 3, 1), backend=self.cross_scan_backend,
+                        layout='time_major')
         x_dbl = torch.einsum('blkd,kcd->blkc', xs, self.x_proj_weight)  # (B, L, K, R + 2N)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=3)
         dts = torch.einsum('blkr,kdr->blkd', dts, self.dt_projs_weight).reshape(B, L, K * D)
-        ys = selective_scan_time_major(
+        # A, D and the dt bias enter the scan in (at least) float32, as official.
+        ys = selective_scan(
             xs.view(B, L, K * D), dts, -torch.exp(at_least_fp32(self.A_logs)), Bs, Cs,
             at_least_fp32(self.Ds), delta_bias=at_least_fp32(self.dt_projs_bias).view(-1),
-            delta_softplus=True)
-        y = cross_merge_time_major(ys.view(B, L, K, D), H, W).to(x.dtype)  # (B, H, W, D)
-        return self.out_proj(self.out_norm(y.permute(0, 3, 1, 2)))
+            delta_softplus=True, backend=self.scan_backend, layout='time_major')
+        y = cross_merge(ys.view(B, H, W, K, D), backend=self.cross_scan_backend,
+                        layout='time_major')  # (B, H, W, D)
+        return self.out_proj(self.out_norm(y.to(x.dtype).permute(0, 3, 1, 2)))
 
 
 class Mlp(nn.Module):
@@ -193,10 +172,12 @@ class Mlp(nn.Module):
 class VSSBlock(nn.Module):
     """x + DropPath(SS2D(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
-    def __init__(self, dim, d_state=1, ssm_ratio=1.0, mlp_ratio=4.0, drop_path=0.0):
+    def __init__(self, dim, d_state=1, ssm_ratio=1.0, mlp_ratio=4.0, drop_path=0.0,
+                 scan_backend=None, cross_scan_backend=None):
         super().__init__()
         self.norm = LayerNorm2d(dim)
-        self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio)
+        self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend,
+                       cross_scan_backend=cross_scan_backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm2d(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -264,6 +245,13 @@ class VMamba(BaseModule):
             freeze the stem, stages 0..k-1 (with their downsampling) and their
             output norms. Frozen parts stay in eval mode (mmdet convention).
         with_cp (bool): Gradient checkpointing per block (saves memory).
+        scan_backend (str, optional): backend of the selective scan ('reference',
+            'torch', 'triton'; see :mod:`vmamba_mm.ops.backend`). ``None``: the
+            environment variable ``VMAMBA_MM_SCAN_BACKEND`` if set, else 'triton'
+            for CUDA tensors and 'torch' otherwise.
+        cross_scan_backend (str, optional): backend of cross-scan / cross-merge,
+            chosen independently (``None``: ``VMAMBA_MM_CROSS_SCAN_BACKEND``, else
+            the device default).
         init_cfg (dict | list[dict], optional): mmengine init config;
             ``dict(type='Pretrained', checkpoint=PATH)`` loads an official
             VMamba classification / detection / segmentation checkpoint or one
@@ -271,9 +259,12 @@ class VMamba(BaseModule):
     """
 
     def __init__(self, arch='tiny', in_channels=3, drop_path_rate=0.2, out_indices=(0, 1, 2, 3),
-                 frozen_stages=-1, with_cp=False, init_cfg=None):
+                 frozen_stages=-1, with_cp=False, scan_backend=None, cross_scan_backend=None,
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
+        check_backend_name('VMamba', 'scan_backend', scan_backend, 'selective_scan')
+        check_backend_name('VMamba', 'cross_scan_backend', cross_scan_backend, 'cross_scan')
         depths = arch['depths']
         num_stages = len(depths)
         self.dims = [int(arch['dims'] * 2 ** i) for i in range(num_stages)]
@@ -296,7 +287,8 @@ class VMamba(BaseModule):
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             blocks = [VSSBlock(self.dims[i], d_state=arch['d_state'], ssm_ratio=arch['ssm_ratio'],
-                               mlp_ratio=arch['mlp_ratio'], drop_path=dpr[sum(depths[:i]) + j])
+                               mlp_ratio=arch['mlp_ratio'], drop_path=dpr[sum(depths[:i]) + j],
+                               scan_backend=scan_backend, cross_scan_backend=cross_scan_backend)
                       for j in range(depth)]
             downsample = Downsample(self.dims[i], self.dims[i + 1]) if i < num_stages - 1 else None
             self.layers.append(VSSLayer(blocks, downsample))

@@ -25,3 +25,18 @@ def cross_merge_naive(ys):
     row = seq[:, 0] + seq[:, 2].flip(-1)
     col = seq[:, 1] + seq[:, 3].flip(-1)
     return row.view(B, C, H, W) + col.view(B, C, W, H).transpose(2, 3)
+
+
+# ---------------------------------------------------------------- the 'reference' backend
+def cross_scan_fwd(x, time_major):
+    """Backend entry: time-major (B, H, W, C) -> (B, L, 4, C) through the channel-major reference."""
+    if not time_major:
+        return cross_scan_naive(x).contiguous()
+    return cross_scan_naive(x.permute(0, 3, 1, 2)).permute(0, 3, 1, 2).contiguous()
+
+
+def cross_merge_fwd(ys, time_major):
+    """Backend entry: time-major (B, H, W, 4, C) -> (B, H, W, C)."""
+    if not time_major:
+        return cross_merge_naive(ys).contiguous()
+    return cross_merge_naive(ys.permute(0, 3, 4, 1, 2)).permute(0, 2, 3, 1).contiguous()

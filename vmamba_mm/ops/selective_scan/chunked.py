@@ -1,9 +1,10 @@
-"""Fast pure-PyTorch selective scan (any device; the CPU default).
+"""The 'torch' backend of the selective scan: a fast pure-PyTorch scan (any device).
 
 The S6 recurrence ``h_l = a_l * h_{l-1} + x_l`` with ``a_l = exp(delta_l * A)``
-and ``x_l = delta_l * u_l * B_l`` is a first-order linear scan. Here it runs as
-a two-level chunked scan: the sequence of length L is cut into ``nc`` chunks of
-``T ~ sqrt(L)`` steps and stored time-major as (batch, nc, T, ...), so that
+and ``x_l = delta_l * u_l * B_l`` is a first-order linear scan. It runs on
+time-major (batch, L, ...) tensors (channel-major arguments are copied once into
+that layout): the first ``nc * T`` steps (``T = isqrt(L)``) are viewed as
+(batch, nc, T, ...) chunks, so that
 
 1. one loop of T steps runs all chunks at once from a zero state, keeping only
    each chunk's end state (a small buffer, cache-resident),
@@ -11,72 +12,34 @@ a two-level chunked scan: the sequence of length L is cut into ``nc`` chunks of
    chunk's total decay, a product of its decays),
 3. one loop of T steps runs all chunks at once from their true start states,
    writing the states (each step is one fused multiply-add on (batch, nc)
-   rows of contiguous channels).
+   rows of contiguous channels),
 
-That is ``2 T + nc ~ 3 sqrt(L)`` Python steps instead of L, doing the same
-multiply-adds as the per-step recurrence: no division by decays and no exp of a
-cumulated sum, so it is as accurate as the reference loop. The backward pass
-is a hand-written custom autograd Function: the adjoint state
-``g_l = dh_l + a_{l+1} g_{l+1}`` is the same chunked scan run in reverse time;
-all other gradients are a few fused elementwise products and reductions.
+and the ``L - nc * T < T`` remaining steps follow one by one: about
+``3 sqrt(L)`` Python steps instead of L, nothing padded, the same multiply-adds
+as the per-step recurrence (no division by decays, no exp of a cumulated sum),
+so it is as accurate as the reference loop. The backward runs the adjoint
+recurrence ``g_l = dh_l + a_{l+1} g_{l+1}`` the same way in reverse time; all
+other gradients are a few fused elementwise products and reductions.
+
+When no gradient is needed (``save=False``) the forward computes in place in
+its own scratch memory: the time steps become ``dt * u * B``, then the states,
+then the output (on CPU every fresh large tensor costs page faults, often more
+than the arithmetic). With ``save=True`` it keeps the decays and the states,
+2 x (batch, L, dim, N) in float32 (float64 for float64 inputs), as the
+operator's two residuals; the backward recomputes the time steps.
 
 Numerical assumption: the decays ``exp(delta * A)`` lie in [0, 1], i.e.
 ``delta * A <= 0``, which holds in every model here (``A = -exp(A_log)`` and a
 positive ``delta`` after softplus). Nothing relies on it for correctness: with
 ``delta * A > 0`` the state grows exponentially exactly as in the reference
 loop, and the running products of decays overflow only where the state does.
-
-The autograd Function works on time-major (batch, L, dim) tensors; the public
-(batch, dim, L) interface (:func:`selective_scan_chunked`) hands it transposed
-views. :func:`selective_scan_time_major` is the private time-major entry for
-VMamba's SS2D (no layout transposes at all), with autograd, or in place
-without it.
-
-Memory: the forward saves the decays and states, 2 x (batch, dim, N, L)
-floats (float32, or float64 for float64 inputs), plus the inputs.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 
-
-class _ChunkLayout:
-    """Time-major, zero-padded chunks of (batch, L, ...) sequences: (batch, nc, T, C).
-
-    Sequence position ``l`` is at ``[:, l // T, l % T]``; the ``nc * T - L``
-    padded positions come after the sequence, so they never influence it. The
-    trailing dims are flattened into C. A contiguous, unpadded input of the
-    right dtype is used as it is (a view); otherwise it is copied batch by
-    batch (for transposed views of channel-major data each copy is a 2-D
-    transpose, which PyTorch blocks; one strided 3-D copy was slower).
-    """
-
-    def __init__(self, L):
-        self.L = L
-        self.T = math.isqrt(max(L - 1, 0)) + 1
-        self.nc = -(-L // self.T)
-        self.Lp = self.nc * self.T
-        self.last = divmod(L - 1, self.T)
-
-    def to_chunks(self, x, dtype, fresh=False):
-        """(batch, L, ...) -> (batch, nc, T, C) contiguous in ``dtype``; a new
-        tensor if ``fresh`` (the caller overwrites it), else possibly ``x`` itself."""
-        batch = x.shape[0]
-        x = x.flatten(2)
-        C = x.shape[2]
-        if self.Lp == self.L and x.dtype == dtype and x.is_contiguous():
-            return (x.clone() if fresh else x).view(batch, self.nc, self.T, C)
-        out = x.new_empty(batch, self.Lp, C, dtype=dtype)
-        if self.Lp > self.L:
-            out[:, self.L:].zero_()
-        for i in range(batch):
-            out[i, :self.L].copy_(x[i])
-        return out.view(batch, self.nc, self.T, C)
-
-    def from_chunks(self, y):
-        """(batch, nc, T, ...) -> (batch, L, C), C the product of the trailing dims (a view)."""
-        return y.reshape(y.shape[0], self.Lp, -1)[:, :self.L]
+NUM_RESIDUALS = 2
 
 
 def _softplus_(x, threshold=20.0):
@@ -148,150 +111,6 @@ def _scan_backward_(a, g):
     return g
 
 
-def _states(dt_c, u_c, A, B_c):
-    """Decays and states of the chunked tensors (batch, nc, T, G, dim // G, 1 or N)."""
-    G, dg = dt_c.shape[3:5]
-    N = A.shape[1]
-    a = torch.mul(dt_c, A.to(dt_c.dtype).view(G, dg, N)).exp_()
-    h = torch.mul(dt_c, u_c)
-    h = h.mul_(B_c) if N == 1 else h * B_c
-    return a, _scan_forward_(a, h)
-
-
-def _sum_state(x):
-    """Sum over the trailing state dim N (a free squeeze when N == 1)."""
-    return x.squeeze(-1) if x.shape[-1] == 1 else x.sum(-1)
-
-
-class _SelectiveScanChunked(torch.autograd.Function):
-    """The chunked scan with its hand-written backward, on time-major tensors:
-    u, delta, z (batch, L, dim); B, C (batch, L, G, N); output (batch, L, dim)."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-        batch, L, dim = u.shape
-        G, N = B.shape[2], B.shape[3]
-        dg = dim // G
-        lay = _ChunkLayout(L)
-        nc, T = lay.nc, lay.T
-        # Chunked tensors: (batch, nc, T, G, dim // G, N). The padded positions
-        # of dt get softplus(delta_bias): harmless, they come after the sequence.
-        dt_c = lay.to_chunks(delta, acc, fresh=True)
-        if delta_bias is not None:
-            dt_c.add_(delta_bias.to(acc))
-        if delta_softplus:
-            dt_c = _softplus_(dt_c)
-        dt_c = dt_c.view(batch, nc, T, G, dg, 1)
-        u_c = lay.to_chunks(u, acc).view(batch, nc, T, G, dg, 1)
-        B_c = lay.to_chunks(B, acc).view(batch, nc, T, G, 1, N)
-        C_c = lay.to_chunks(C, acc).view(batch, nc, T, G, 1, N)
-        a, h = _states(dt_c, u_c, A, B_c)
-        if return_last_state:
-            c, t = lay.last
-            last = h[:, c, t].reshape(batch, dim, N).clone()
-        # Without gradients the states are not kept: multiply by C in place.
-        grad = any(ctx.needs_input_grad)
-        y = lay.from_chunks(_sum_state(h * C_c if grad else h.mul_(C_c)))
-        if D is not None:
-            y.addcmul_(u, D.to(acc))
-        out = y * F.silu(z.to(acc)) if z is not None else y
-        ctx.lay, ctx.dims = lay, (batch, dim, L, G, N)
-        ctx.delta_softplus = delta_softplus
-        if grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, a, h, dt_c, u_c, B_c,
-                                  C_c, y if z is not None else None)
-        out = out.to(u.dtype)
-        return (out, last) if return_last_state else out
-
-    @staticmethod
-    def backward(ctx, dout, dlast=None):
-        (u, delta, A, B, C, D, z, delta_bias, a, h, dt_c, u_c, B_c, C_c,
-         y) = ctx.saved_tensors
-        lay = ctx.lay
-        batch, dim, L, G, N = ctx.dims
-        dg = dim // G
-        nc, T = lay.nc, lay.T
-        acc = a.dtype
-        needs = ctx.needs_input_grad
-        du = ddelta = dA = dB = dC = dD = dz = ddelta_bias = None
-        dy = dout.to(acc) if dout is not None else u.new_zeros(u.shape, dtype=acc)
-        if z is not None:
-            zf = z.to(acc)
-            sig = torch.sigmoid(zf)
-            if needs[6]:
-                # d silu(z) / dz = sig * (1 + z * (1 - sig))
-                dz = (dy * y).mul_(sig).mul_(zf.mul(1 - sig).add_(1)).to(z.dtype)
-            dy = dy * (zf * sig)  # zf may alias z: no in-place op on it
-        if D is not None and needs[5]:
-            dD = (dy * u).sum((0, 1)).to(D.dtype)
-        # A copy: it becomes dL/dh in place below.
-        dy_c = lay.to_chunks(dy, acc, fresh=True).view(batch, nc, T, G, dg, 1)
-        # Scratch for the products that are reduced right away (fewer large
-        # allocations: on CPU each fresh one costs page faults).
-        tmp = torch.empty_like(h)
-        if needs[4]:
-            dC = lay.from_chunks(torch.mul(h, dy_c, out=tmp).sum(4)).view(C.shape).to(C.dtype)
-        # dL/dh through the outputs (dy_c is not used again: reuse it when N == 1).
-        g = dy_c.mul_(C_c) if N == 1 else dy_c * C_c
-        if dlast is not None:
-            c, t = lay.last
-            g[:, c, t] += dlast.to(acc).view(batch, G, dg, N)
-        _scan_backward_(a, g)  # adjoint states = dL/dx, x = delta * u * B
-        if needs[3]:
-            du_c = torch.mul(dt_c, u_c, out=tmp) if N == 1 else dt_c * u_c
-            dB = lay.from_chunks(torch.mul(g, du_c, out=tmp).sum(4)).view(B.shape).to(B.dtype)
-        ddu = _sum_state(g * B_c)  # dL/d(delta * u)
-        # dL/d(delta * A) = g_l * h_{l-1} * a_l, in place over g.
-        g[:, :, 1:].mul_(h[:, :, :-1])
-        g[:, 1:, 0].mul_(h[:, :-1, T - 1])
-        g[:, 0, 0].zero_()
-        g.mul_(a)
-        if needs[2]:
-            dA = torch.mul(g, dt_c, out=tmp).sum((0, 1, 2)).view(dim, N).to(A.dtype)
-        del tmp
-        ddt = _sum_state(g.mul_(A.to(acc).view(G, dg, N)))
-        ddt.addcmul_(ddu, _sum_state(u_c))
-        if needs[0]:
-            du = lay.from_chunks(ddu.mul_(_sum_state(dt_c)))
-            if D is not None:
-                du.addcmul_(dy, D.to(acc))
-            du = du.to(u.dtype)
-        if needs[1] or needs[7]:
-            ddt = lay.from_chunks(ddt)
-            if ctx.delta_softplus:
-                # d softplus(x) / dx = sigmoid(x), x = delta + delta_bias (fresh buffer).
-                if delta_bias is not None:
-                    sig = torch.add(delta.to(acc), delta_bias.to(acc)).sigmoid_()
-                else:
-                    sig = torch.sigmoid(delta.to(acc))
-                ddt.mul_(sig)
-            if needs[1]:
-                ddelta = ddt.to(delta.dtype)
-            if delta_bias is not None and needs[7]:
-                ddelta_bias = ddt.sum((0, 1)).to(delta_bias.dtype)
-        return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, None
-
-
-def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                           delta_softplus=False, return_last_state=False):
-    """Chunked selective scan (arguments already validated; B, C as (batch, G, N, L)).
-
-    Channel-major (batch, dim, L) in and out: the autograd Function runs on the
-    time-major (transposed) views and copies them into its chunks.
-    State and sums are float32 (float64 for float64 inputs); the output has
-    ``u``'s dtype; the last state (batch, dim, N) is float32 (float64 for
-    float64 inputs).
-    """
-    res = _SelectiveScanChunked.apply(
-        u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 3, 1, 2),
-        C.permute(0, 3, 1, 2), D, None if z is None else z.transpose(1, 2), delta_bias,
-        bool(delta_softplus), bool(return_last_state))
-    if return_last_state:
-        return res[0].transpose(1, 2), res[1]
-    return res.transpose(1, 2)
-
-
 def _scan_time_major_(a, h):
     """In place along dim 1 of (batch, L, ...) tensors: h_l <- a_l h_{l-1} + h_l.
 
@@ -311,58 +130,177 @@ def _scan_time_major_(a, h):
     return h
 
 
-def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """The 'torch' backend's scan on time-major tensors (no layout transposes).
+def _scan_backward_time_major_(a, g):
+    """In place along dim 1: g_l <- g_l + a_{l+1} g_{l+1} (the adjoint of
+    :func:`_scan_time_major_`): the tail step by step, then the chunked body."""
+    L = g.shape[1]
+    T = math.isqrt(L)
+    nc = L // T
+    body = nc * T
+    if body < L:
+        a_t, g_t = a.unbind(1), g.unbind(1)
+        for t in range(L - 2, body - 2, -1):
+            g_t[t].addcmul_(a_t[t + 1], g_t[t + 1])
+    _scan_backward_(a[:, :body].unflatten(1, (nc, T)), g[:, :body].unflatten(1, (nc, T)))
+    return g
 
-    For VMamba's SS2D, which produces its scan inputs time-major; same numerics
-    as :func:`selective_scan_chunked` without ``z`` and the last state.
 
-    When a gradient is needed it is the chunked autograd Function. Without
-    one (inference) it computes in place: ``delta`` is consumed, a float32
-    (float64) contiguous ``delta`` being overwritten by the time steps, then the
-    states, then the output (the returned tensor shares its memory when
-    N == 1). Besides it, inference allocates two (batch, L, dim) scratch
-    tensors for N == 1 (a few more for N > 1): on CPU each fresh large tensor
-    costs page faults, often more than the arithmetic.
+def _sum_state(x):
+    """Sum over the trailing state dim N (a free squeeze when N == 1)."""
+    return x.squeeze(-1) if x.shape[-1] == 1 else x.sum(-1)
 
-    Args:
-        u (Tensor): (batch, L, dim).
-        delta (Tensor): (batch, L, dim); consumed without autograd (see above).
-        A (Tensor): (dim, N).
-        B, C (Tensor): (batch, L, G, N), dim divisible by G; any strides.
-        D, delta_bias (Tensor, optional): (dim,).
-        delta_softplus (bool): softplus on ``delta + delta_bias``.
+
+def _time_major(t, time_major):
+    """A (batch, L, dim) view of a sequence tensor given in ``time_major`` or not."""
+    return t if t is None or time_major else t.transpose(1, 2)
+
+
+def _dense(x, dtype, fresh=False):
+    """``x`` (batch, L, ...) as a contiguous tensor of ``dtype``: ``x`` itself when it
+    already is one (unless ``fresh``: a new tensor the caller may overwrite). A
+    transposed view is copied batch by batch (each copy a 2-D transpose, which
+    PyTorch blocks; one strided 3-D copy is slower)."""
+    if x.is_contiguous() and x.dtype == dtype:
+        return x.clone() if fresh else x
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    for i in range(x.shape[0]):
+        out[i].copy_(x[i])
+    return out
+
+
+def _time_steps(delta, delta_bias, softplus, dtype):
+    """softplus(delta + delta_bias) (as asked) in a fresh contiguous (batch, L, dim) tensor."""
+    if delta_bias is None:
+        dt = _dense(delta, dtype, fresh=True)
+    else:
+        dt = torch.empty(delta.shape, dtype=dtype, device=delta.device)
+        torch.add(delta, delta_bias.to(dtype), out=dt)
+    return _softplus_(dt) if softplus else dt
+
+
+def _layout(t, time_major, dtype):
+    """A time-major (batch, L, dim) result in the asked layout, contiguous, in ``dtype``."""
+    if not time_major:
+        t = t.transpose(1, 2)
+    return t.to(dtype).contiguous()
+
+
+def _bc_layout(t, time_major, dtype):
+    """A (batch, L, G, N) gradient in B's layout, contiguous, in ``dtype``."""
+    if not time_major:
+        t = t.permute(0, 2, 3, 1)
+    return t.to(dtype).contiguous()
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major, save):
+    """Backend entry (see ``vmamba_mm/ops/selective_scan/op.py``).
 
     Returns:
-        Tensor: (batch, L, dim), float32 (float64 for float64 inputs) in
-        inference; ``u``'s dtype with autograd.
+        (out, last_state, residuals): ``out`` contiguous in the layout and
+        ``u``'s dtype; ``last_state`` (batch, dim, N) float32 (float64 for
+        float64 inputs); residuals (decays, states), each (batch, L, dim, N),
+        when ``save``, else ().
     """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (u, delta, A, B, C, D, delta_bias)):
-        return _SelectiveScanChunked.apply(u, delta, A, B, C, D, None, delta_bias,
-                                           bool(delta_softplus), False)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, z = (_time_major(t, time_major) for t in (u, delta, z))
+    if not time_major:
+        B, C = B.permute(0, 3, 1, 2), C.permute(0, 3, 1, 2)  # (batch, L, G, N) views
     batch, L, dim = u.shape
     G, N = B.shape[2:]
     dg = dim // G
-    dt = delta.to(acc).contiguous()
-    if delta_bias is not None:
-        dt.add_(delta_bias.to(acc))
-    if delta_softplus:
-        _softplus_(dt)
-    u = u.to(acc)
-    A = A.to(acc)
-    if N == 1:
-        # The decays in a fresh tensor; dt * u * B, the states and the output in dt.
-        a = torch.mul(dt, A.view(dim)).exp_().view(batch, L, G, dg)
-        h = dt.mul_(u).view(batch, L, G, dg).mul_(B.to(acc))
-        y = _scan_time_major_(a, h).mul_(C.to(acc)).view(batch, L, dim)
+    dt = _time_steps(delta, delta_bias, delta_softplus, acc)
+    uf = _dense(u, acc)
+    Bf, Cf = B.to(acc).unsqueeze(3), C.to(acc).unsqueeze(3)  # (batch, L, G, 1, N)
+    dt5 = dt.view(batch, L, G, dg, 1)
+    a = torch.mul(dt5, A.to(acc).view(G, dg, N)).exp_()  # (batch, L, G, dg, N)
+    if save:
+        h = torch.mul(dt5, uf.view(batch, L, G, dg, 1))
+        h = h.mul_(Bf) if N == 1 else h * Bf
+        _scan_time_major_(a, h)
+        y = _sum_state(h * Cf)
     else:
-        dt = dt.view(batch, L, G, dg, 1)
-        a = torch.mul(dt, A.view(G, dg, N)).exp_()
-        h = dt.mul_(u.view(batch, L, G, dg, 1)) * B.to(acc).view(batch, L, G, 1, N)
-        h = _scan_time_major_(a, h).mul_(C.to(acc).view(batch, L, G, 1, N))
-        y = h.sum(-1).view(batch, L, dim)
+        # In place: dt becomes dt * u (* B), then (N == 1) the states and the output.
+        h = dt5.mul_(uf.view(batch, L, G, dg, 1))
+        h = h.mul_(Bf) if N == 1 else h * Bf
+        _scan_time_major_(a, h)
+    last = h[:, L - 1].reshape(batch, dim, N).clone()
+    if not save:
+        y = _sum_state(h.mul_(Cf))
+    y = y.view(batch, L, dim)
     if D is not None:
-        y.addcmul_(u, D.to(acc))
-    return y
+        y.addcmul_(uf, D.to(acc))
+    if z is not None:
+        y = y.mul_(F.silu(_dense(z, acc)))
+    out = _layout(y, time_major, u.dtype)
+    residuals = (a.view(batch, L, dim, N), h.view(batch, L, dim, N)) if save else ()
+    return out, last, residuals
+
+
+def fake_residuals(u, A, time_major):
+    batch = u.shape[0]
+    L, dim = (u.shape[1], u.shape[2]) if time_major else (u.shape[2], u.shape[1])
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    return tuple(u.new_empty(batch, L, dim, A.shape[1], dtype=acc) for _ in range(2))
+
+
+def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, a, h, delta_softplus, time_major):
+    """Backend entry: the gradients from the kept decays ``a`` and states ``h``."""
+    acc = a.dtype
+    in_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
+    u, delta, z, dout = (_time_major(t, time_major) for t in (u, delta, z, dout))
+    if not time_major:
+        B, C = B.permute(0, 3, 1, 2), C.permute(0, 3, 1, 2)
+    batch, L, dim = u.shape
+    G, N = B.shape[2:]
+    dg = dim // G
+    a = a.view(batch, L, G, dg, N)
+    h = h.view(batch, L, G, dg, N)
+    A_ = A.to(acc).view(G, dg, N)
+    Bf, Cf = B.to(acc).unsqueeze(3), C.to(acc).unsqueeze(3)
+    uf = _dense(u, acc)
+    dt = _time_steps(delta, delta_bias, delta_softplus, acc)
+    dy = _dense(dout, acc, fresh=True)
+    dz = dD = ddelta_bias = None
+    if z is not None:
+        zf = _dense(z, acc)
+        sig = torch.sigmoid(zf)
+        y = _sum_state(h * Cf).view(batch, L, dim)
+        if D is not None:
+            y.addcmul_(uf, D.to(acc))
+        # d silu(z) / dz = sig * (1 + z * (1 - sig))
+        dz = y.mul_(dy).mul_(sig).mul_(zf * (1 - sig) + 1)
+        dy.mul_(zf * sig)
+    if D is not None:
+        dD = (dy * uf).sum((0, 1))
+    dy5 = dy.view(batch, L, G, dg, 1)
+    dC = (h * dy5).sum(3)  # (batch, L, G, N)
+    g = dy5 * Cf  # dL/dh through the outputs
+    if dlast is not None:
+        g[:, L - 1] += dlast.to(acc).view(batch, G, dg, N)
+    _scan_backward_time_major_(a, g)  # adjoint states = dL/dx, x = dt * u * B
+    dt5, u5 = dt.view(batch, L, G, dg, 1), uf.view(batch, L, G, dg, 1)
+    dB = (g * (dt5 * u5)).sum(3)
+    ddu = _sum_state(g * Bf)  # dL/d(dt * u), (batch, L, G, dg)
+    # dL/d(dt * A) = g_l * a_l * h_{l-1}, in place over g.
+    g[:, 1:].mul_(h[:, :-1])
+    g[:, 0].zero_()
+    g.mul_(a)
+    dA = (g * dt5).sum((0, 1)).view(dim, N)
+    ddt = _sum_state(g.mul_(A_))
+    ddt.addcmul_(ddu, u5.squeeze(-1))
+    du = ddu.mul_(dt5.squeeze(-1)).view(batch, L, dim)
+    if D is not None:
+        du.addcmul_(dy, D.to(acc))
+    ddt = ddt.view(batch, L, dim)
+    if delta_softplus:
+        # d softplus(x) / dx = sigmoid(x), x = delta + delta_bias.
+        ddt.mul_(_time_steps(delta, delta_bias, False, acc).sigmoid_())
+    if delta_bias is not None:
+        ddelta_bias = ddt.sum((0, 1))
+    grads = (_layout(du, time_major, in_dtypes[0]), _layout(ddt, time_major, in_dtypes[1]),
+             dA.to(in_dtypes[2]), _bc_layout(dB, time_major, in_dtypes[3]),
+             _bc_layout(dC, time_major, in_dtypes[4]),
+             None if dD is None else dD.to(in_dtypes[5]),
+             None if dz is None else _layout(dz, time_major, in_dtypes[6]),
+             None if ddelta_bias is None else ddelta_bias.to(in_dtypes[7]))
+    return grads

@@ -1,4 +1,4 @@
-"""Readable reference of the selective scan: the ground truth for tests.
+"""Readable reference of the selective scan (the 'reference' backend): the ground truth.
 
 A per-step loop over the sequence, exactly the recurrence of Mamba's S6:
 
@@ -55,3 +55,49 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if return_last_state:
         return out, h.float() if acc == torch.float32 else h
     return out
+
+
+# ---------------------------------------------------------------- the 'reference' backend
+NUM_RESIDUALS = 0
+
+
+def _channel_major(u, delta, B, C, z, time_major):
+    """Views of time-major arguments in the channel-major layout of :func:`selective_scan_naive`."""
+    if not time_major:
+        return u, delta, B, C, z
+    tr = (lambda t: None if t is None else t.transpose(1, 2))
+    return tr(u), tr(delta), B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1), tr(z)
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major, save):
+    """Backend entry (see ``vmamba_mm/ops/selective_scan/op.py``): the loop, no residuals."""
+    u_c, delta_c, B_c, C_c, z_c = _channel_major(u, delta, B, C, z, time_major)
+    out, last = selective_scan_naive(u_c, delta_c, A, B_c, C_c, D, z_c, delta_bias,
+                                     delta_softplus, return_last_state=True)
+    if time_major:
+        out = out.transpose(1, 2)
+    return out.contiguous(), last, ()
+
+
+def fake_residuals(u, A, time_major):
+    return ()
+
+
+def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major):
+    """Backend entry: the loop's gradients by ``torch.func.vjp`` (recomputes the forward)."""
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    present = [i for i, t in enumerate(inputs) if t is not None]
+
+    def forward(*tensors):
+        args = list(inputs)
+        for i, t in zip(present, tensors):
+            args[i] = t
+        out, last, _ = scan_fwd(*args, delta_softplus, time_major, False)
+        return out, last
+
+    (out, last), vjp = torch.func.vjp(forward, *(inputs[i] for i in present))
+    grads = vjp((dout.to(out.dtype), torch.zeros_like(last) if dlast is None else dlast.to(last.dtype)))
+    full = [None] * len(inputs)
+    for i, g in zip(present, grads):
+        full[i] = g
+    return tuple(full)

@@ -1,0 +1,131 @@
+"""torch.compile of the backbones: fullgraph, forward and backward, equal to eager.
+
+The scan and cross-scan are registered operators, so the compiled graph holds
+one node per call (the backends' Python loops are not traced) and inductor
+compiles everything around them. Small architectures; CPU inductor (gcc).
+"""
+import copy
+
+import pytest
+import torch
+
+from vmamba_mm.models.vim import Vim
+from vmamba_mm.models.vmamba import VMamba
+
+RTOL = 1e-5
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b| (per tensor: elementwise ratios are meaningless where b ~ 0)."""
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+
+
+def _randomise(module, seed=0):
+    """Every parameter off its initial value (at init the SSM parameters' gradients
+    are tiny, which makes relative comparisons of them meaningless)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if name.split('.')[-1] in ('A_logs', 'A_log', 'A_b_log'):
+                p.copy_(0.5 * noise)
+            else:
+                p.add_(0.2 * noise)
+    return module
+
+
+def _models():
+    torch.manual_seed(0)
+    models = {
+        'vmamba': VMamba(arch=dict(depths=(1, 1), dims=8), drop_path_rate=0.0,
+                         out_indices=(0, 1)),
+        'vim_cls': Vim(arch=dict(embed_dims=16, num_layers=2, d_state=4, expand=2),
+                       img_size=64),
+        'vim_featmap': Vim(arch=dict(embed_dims=16, num_layers=2, d_state=4, expand=2),
+                           img_size=64, out_type='featmap', out_indices=(0, 1, 0, 1)),
+    }
+    return {name: _randomise(m) for name, m in models.items()}
+
+
+def _train_step(model, fn, x):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    feats = fn(x)
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((f * torch.randn(f.shape, generator=gen).to(f.dtype)).sum() for f in feats)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return [f.detach() for f in feats], grads
+
+
+def _zero_gradient_params(model, x):
+    """Parameters whose exact gradient is 0 (|g| < 1e-9 of the largest, in float64):
+    a bias right before a train-mode BatchNorm, whose batch mean removes it. In
+    float32 their gradient is pure rounding noise, different for any two orders
+    of summation (eager and inductor), so no relative tolerance applies to them."""
+    m64 = copy.deepcopy(model).double()
+    _, grads = _train_step(m64, m64, x.double())
+    top = max(g.abs().max() for g in grads.values())
+    return {n for n, g in grads.items() if g.abs().max() < 1e-9 * top}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['vmamba', 'vim_cls', 'vim_featmap'])
+def test_compiled_backbone_equals_eager(name):
+    """Training step (outputs and every parameter gradient) and inference (the
+    scan's in-place path) of torch.compile(model, fullgraph=True) against eager."""
+    eager = _models()[name]
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    x = torch.randn(2, 3, 64, 48)
+    zero = _zero_gradient_params(eager, x)
+    assert zero == ({'fpn1.0.bias'} if name == 'vim_featmap' else set())
+    outs = {}
+    for tag, model, fn in (('eager', eager, eager), ('compiled', compiled_model, compiled)):
+        feats, grads = _train_step(model, fn, x)
+        model.eval()
+        with torch.no_grad():
+            infer = fn(x)
+        outs[tag] = (feats, grads, infer)
+    (fe, ge, ie), (fc, gc, ic) = outs['eager'], outs['compiled']
+    for a, b in zip(fc, fe):
+        assert rel_err(a, b) <= RTOL
+    for a, b in zip(ic, ie):
+        assert rel_err(a, b) <= RTOL
+    assert set(gc) == set(ge) and len(ge) == len(list(eager.parameters()))
+    top = max(g.abs().max() for g in ge.values())
+    for n in zero:  # rounding noise on both sides, far below the gradients' scale
+        assert gc[n].abs().max() < 1e-4 * top and ge[n].abs().max() < 1e-4 * top
+    errs = {n: rel_err(gc[n], ge[n]) for n in ge if n not in zero}
+    worst = max(errs, key=errs.get)
+    assert errs[worst] <= RTOL, (worst, errs[worst])
+
+
+def test_compiled_graph_holds_the_operators():
+    """Dynamo captures one graph (no break) in which each SS2D block is one
+    cross-scan, one selective-scan and one cross-merge node."""
+    model = _models()['vmamba'].eval()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    with torch.no_grad():
+        compiled(torch.randn(1, 3, 32, 32))
+    assert len(graphs) == 1
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == 'call_function']
+    blocks = 1 + 1
+    assert sum('vmamba_mm.selective_scan_fwd' in t for t in targets) == blocks
+    assert sum('vmamba_mm.cross_scan' in t for t in targets) == blocks
+    assert sum('vmamba_mm.cross_merge' in t for t in targets) == blocks
+    # No unrolled scan: the whole graph stays small.
+    assert len(targets) < 60 * blocks, len(targets)
