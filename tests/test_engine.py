@@ -169,7 +169,7 @@ def _fake_runner(work_dir):
     return SimpleNamespace(work_dir=str(work_dir), logger=_Log())
 
 
-def test_auto_resume_candidates_stale_pointer_and_none_readable(tmp_path):
+def test_resume_candidates_stale_pointer_none_readable_and_explicit_paths(tmp_path):
     for n in (1, 2, 10):
         torch.save({'n': torch.tensor(n)}, tmp_path / f'epoch_{n}.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_11.pth'))  # deleted file
@@ -190,6 +190,12 @@ def test_auto_resume_candidates_stale_pointer_and_none_readable(tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
     assert SafeRunner._newest_readable_checkpoint(_fake_runner(empty)) is None
+    # an explicit --resume PATH / load_from that cannot be read is an error naming it
+    bad = str(tmp_path / 'epoch_2.pth')
+    for resume in (True, False):
+        runner = SimpleNamespace(_has_loaded=False, _resume=resume, _load_from=bad)
+        with pytest.raises(RuntimeError, match=f"cannot read checkpoint '{bad}': unreadable"):
+            SafeRunner.load_or_resume(runner)
 
 
 @pytest.mark.slow
