@@ -61,6 +61,8 @@ setup(
     install_requires=parse_requirements('requirements-runtime.txt'),
     extras_require={
         'mm': parse_requirements('requirements.txt'),
+        # ONNX export (tools/deployment/pytorch2onnx.py) and its onnxruntime check
+        'deploy': parse_requirements('requirements-deploy.txt'),
     },
     license='Apache-2.0',
     license_files=['LICENSE'],

@@ -10,15 +10,20 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class KillAfterCheckpointHook(Hook):
-    """SIGKILL this process right after the checkpoint of epoch ``epoch`` is written."""
+    """SIGKILL this process right after the checkpoint of epoch ``epoch`` (or of
+    iteration ``iter``) is written."""
 
     priority = 'LOWEST'  # after the checkpoint hook (VERY_LOW)
 
-    def __init__(self, epoch):
-        self.epoch = epoch
+    def __init__(self, epoch=None, iter=None):
+        self.epoch, self.iter = epoch, iter
 
     def after_train_epoch(self, runner):
-        if runner.epoch + 1 == self.epoch:
+        if self.epoch is not None and runner.epoch + 1 == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if self.iter is not None and runner.iter + 1 == self.iter:
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -99,6 +99,15 @@ def test_train_lists_missing_images_before_training(toy):
     assert 'Epoch(train)' not in out  # stopped before the first iteration
 
 
+def test_a_corrupt_image_is_named_when_loaded(tmp_path):
+    """At load time (mmcv's LoadImageFromFile, used by every config of ours)."""
+    from mmcv.transforms import LoadImageFromFile
+    path = tmp_path / 'bad.jpg'
+    path.write_bytes(b'not a jpeg')
+    with pytest.raises(AssertionError, match=f'failed to load image: {path}'):
+        LoadImageFromFile()(dict(img_path=str(path)))
+
+
 @pytest.mark.slow
 def test_check_dataset_lists_every_problem_in_one_pass(toy):
     code, out = tool('data/check_dataset.py', write_config(toy['tmp'] / 'clean.py', toy['data']))
@@ -109,6 +118,10 @@ def test_check_dataset_lists_every_problem_in_one_pass(toy):
     os.remove(osp.join(data, 'train2017', train_imgs[0]))
     with open(osp.join(data, 'train2017', train_imgs[1]), 'wb') as f:
         f.write(b'not a jpeg')
+    with open(osp.join(data, 'train2017', train_imgs[2]), 'rb') as f:
+        jpeg = f.read()
+    with open(osp.join(data, 'train2017', train_imgs[2]), 'wb') as f:
+        f.write(jpeg[:len(jpeg) // 2])
     val_ann = osp.join(data, 'annotations', 'instances_val2017.json')
     with open(val_ann) as f:
         coco = json.load(f)
@@ -116,7 +129,8 @@ def test_check_dataset_lists_every_problem_in_one_pass(toy):
     with open(val_ann, 'w') as f:
         json.dump(coco, f)
     code, out = tool('data/check_dataset.py', cfg, expect_ok=False)
-    assert code == 1 and '4 problems (train: 4 files read)' in out
+    assert code == 1 and '5 problems (train: 4 files read)' in out
+    assert f"[train] img_path {osp.join(data, 'train2017', train_imgs[2])}: truncated JPEG" in out
     assert f"[train] img_path {osp.join(data, 'train2017', train_imgs[0])}: file does not exist" in out
     assert f"[train] img_path {osp.join(data, 'train2017', train_imgs[1])}: cannot decode" in out
     assert f"[val] {val_ann}: 1 annotations without required fields: annotations[0] lacks " \

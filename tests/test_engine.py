@@ -87,6 +87,29 @@ def test_every_config_inherits_the_guard():
 
 
 @pytest.mark.slow
+def test_killed_iteration_based_run_resumes_bit_identical(toy):
+    """As above with an IterBasedTrainLoop (the mmseg configs'): killed right after
+    the checkpoint of iteration 4 (validation ran at iteration 4; on resume the loop
+    re-reads the 4 skipped batches through the random pipeline)."""
+    tmp = toy['tmp']
+    cfg = write_config(tmp / 'iter.py', toy['data'], by_epoch=False)
+    train(cfg, '--work-dir', tmp / 'iter_a')
+    kill_cfg = write_config(tmp / 'iter_kill.py', toy['data'], by_epoch=False,
+                            extra_imports=FAULTS,
+                            custom_hooks=[dict(type='KillAfterCheckpointHook', iter=4)])
+    code, out = train(kill_cfg, '--work-dir', tmp / 'iter_b', expect_ok=False)
+    assert code == -signal.SIGKILL, out[-3000:]
+    assert not osp.exists(tmp / 'iter_b' / 'iter_6.pth')
+    _, out = train(cfg, '--work-dir', tmp / 'iter_b', '--resume')
+    assert 'resumed epoch: 0, iter: 4' in out
+    ref = tensors(load(tmp / 'iter_a' / 'iter_8.pth'))
+    got = tensors(load(tmp / 'iter_b' / 'iter_8.pth'))
+    assert ref.keys() == got.keys()
+    differ = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert not differ, differ
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(toy, uninterrupted):
     """Run B is SIGKILLed right after its 2nd checkpoint, then resumed with --resume:
     its final checkpoint equals run A's in every tensor (weights, buffers, AdamW
@@ -146,7 +169,7 @@ def _fake_runner(work_dir):
     return SimpleNamespace(work_dir=str(work_dir), logger=_Log())
 
 
-def test_auto_resume_candidates_stale_pointer_and_none_readable(tmp_path):
+def test_resume_candidates_stale_pointer_none_readable_and_explicit_paths(tmp_path):
     for n in (1, 2, 10):
         torch.save({'n': torch.tensor(n)}, tmp_path / f'epoch_{n}.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_11.pth'))  # deleted file
@@ -167,6 +190,12 @@ def test_auto_resume_candidates_stale_pointer_and_none_readable(tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
     assert SafeRunner._newest_readable_checkpoint(_fake_runner(empty)) is None
+    # an explicit --resume PATH / load_from that cannot be read is an error naming it
+    bad = str(tmp_path / 'epoch_2.pth')
+    for resume in (True, False):
+        runner = SimpleNamespace(_has_loaded=False, _resume=resume, _load_from=bad)
+        with pytest.raises(RuntimeError, match=f"cannot read checkpoint '{bad}': unreadable"):
+            SafeRunner.load_or_resume(runner)
 
 
 @pytest.mark.slow

@@ -58,3 +58,28 @@ def test_build_norm_layer_options_and_errors():
         build_norm_layer(dict(type='GN'), 4)
     with pytest.raises(TypeError, match='must be a dict'):
         build_norm_layer('BN', 4)
+
+
+def test_backbones_import_with_mmengine_alone():
+    """No mmcv, OpenCV, matplotlib or task library: the backbones build and run."""
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "for m in ('cv2', 'matplotlib', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain'):\n"
+        "    sys.modules[m] = None\n"
+        "import torch, vmamba_mm\n"
+        "from vmamba_mm.models import VMamba, Vim\n"
+        "v = VMamba(arch=dict(depths=(1, 1), dims=8), drop_path_rate=0.1, out_indices=(1,))\n"
+        "w = Vim(arch=dict(embed_dims=16, num_layers=2, d_state=4, expand=2), img_size=32,\n"
+        "        out_type='featmap', out_indices=(0, 1, 1, 1))\n"
+        "print(tuple(v(torch.randn(1, 3, 32, 32))[0].shape),\n"
+        "      tuple(w(torch.randn(1, 3, 32, 32))[0].shape))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vmamba_mm',)\n"
+        "             and m.startswith('vmamba_mm.engine')))\n")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    shapes, engine = res.stdout.strip().splitlines()
+    assert shapes == '(1, 16, 4, 4) (1, 16, 8, 8)'
+    assert engine == '[]'  # the Runner extensions need OpenCV: not imported

@@ -37,7 +37,8 @@ def test_setup_reads_the_requirements_files(setup_kwargs):
     assert setup_kwargs['install_requires'] == runtime
     # vmamba_mm itself needs torch only, with a lower bound (not the tested pin).
     assert len(runtime) == 1 and re.fullmatch(r'torch>=\d+\.\d+', runtime[0])
-    assert setup_kwargs['extras_require'] == {'mm': requirement_lines('requirements.txt')}
+    assert setup_kwargs['extras_require'] == {'mm': requirement_lines('requirements.txt'),
+                                              'deploy': requirement_lines('requirements-deploy.txt')}
     assert 'mmcv==2.1.0' in setup_kwargs['extras_require']['mm']
     assert setup_kwargs['version'] == vmamba_mm.__version__
     assert setup_kwargs['license'] == 'Apache-2.0'

@@ -24,7 +24,9 @@ def _compile(*flags):
                           *flags, '--json', '-'], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=1800)
     assert res.stdout, res.stderr[-3000:]
-    return json.loads(res.stdout), res
+    doc = json.loads(res.stdout)
+    assert doc['specialisations'] == len(doc['records'])
+    return doc['records'], res
 
 
 def _check(records, archs, dtypes):

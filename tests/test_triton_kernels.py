@@ -101,8 +101,12 @@ def test_scan_fwd_bwd_match_reference(case, time_major, strided):
     ref_grads = dict(zip(leaves, torch.autograd.grad(
         (ref_out * dout).sum() + (ref_last * dlast).sum(), list(leaves.values()))))
 
-    seq = lambda t: _seq_to_layout(t, time_major, strided).to(DEVICE) if t is not None else None  # noqa: E731
-    bc = lambda t: _bc_to_layout(t, time_major, strided).to(DEVICE)  # noqa: E731
+    def seq(t):
+        return _seq_to_layout(t, time_major, strided).to(DEVICE) if t is not None else None
+
+    def bc(t):
+        return _bc_to_layout(t, time_major, strided).to(DEVICE)
+
     args = dict(u=seq(ref_in['u']), delta=seq(ref_in['delta']), A=ref_in['A'].float().to(DEVICE),
                 B=bc(ref_in['B']), C=bc(ref_in['C']),
                 D=ref_in['D'].float().to(DEVICE) if D else None, z=seq(ref_in['z']),
@@ -147,8 +151,8 @@ def test_scan_bwd_without_dlast_and_low_precision(time_major):
     for k in ('u', 'delta', 'B', 'C', 'z'):  # the values the kernel sees
         ref_in[k] = ref_in[k].to(torch.bfloat16).double()
     leaves = {k: v.clone().requires_grad_() for k, v in ref_in.items()}
-    ref_out = selective_scan_naive(*(leaves[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z',
-                                                          'delta_bias')), delta_softplus=True)
+    names = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+    ref_out = selective_scan_naive(*(leaves[k] for k in names), delta_softplus=True)
     dout = _randn(torch.Generator().manual_seed(2), *ref_out.shape)
     ref_grads = torch.autograd.grad((ref_out * dout).sum(), list(leaves.values()))
     seq = lambda t: _seq_to_layout(t, time_major, False).to(DEVICE, torch.bfloat16)  # noqa: E731

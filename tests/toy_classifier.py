@@ -34,9 +34,13 @@ def make_images(root, per_class=4, size=32, seed=0):
 
 
 def write_config(path, data_root, backbone='vmamba', max_epochs=4, batch_size=4,
-                 augment=True, drop_path_rate=0.1, extra_imports=(), custom_hooks=(),
-                 **overrides):
-    """Write the config; ``overrides`` are appended as ``key = repr(value)``."""
+                 augment=True, drop_path_rate=0.1, by_epoch=True, extra_imports=(),
+                 custom_hooks=(), **overrides):
+    """Write the config; ``overrides`` are appended as ``key = repr(value)``.
+
+    ``by_epoch=False``: an IterBasedTrainLoop of ``2 * max_epochs`` iterations
+    (InfiniteSampler), a checkpoint every 2 and validation every 4 iterations.
+    """
     backbone_cfg, width = BACKBONES[backbone]
     backbone_cfg = dict(backbone_cfg, drop_path_rate=drop_path_rate)
     train_pipeline = [dict(type='LoadImageFromFile')]
@@ -57,7 +61,7 @@ def write_config(path, data_root, backbone='vmamba', max_epochs=4, batch_size=4,
                       loss=dict(type='CrossEntropyLoss'))),
         train_dataloader=dict(
             batch_size=batch_size, num_workers=0, persistent_workers=False,
-            sampler=dict(type='DefaultSampler', shuffle=True),
+            sampler=dict(type='DefaultSampler' if by_epoch else 'InfiniteSampler', shuffle=True),
             dataset=dict(dataset, pipeline=train_pipeline)),
         val_dataloader=dict(
             batch_size=batch_size, num_workers=0, persistent_workers=False,
@@ -68,12 +72,14 @@ def write_config(path, data_root, backbone='vmamba', max_epochs=4, batch_size=4,
         test_evaluator=dict(type='Accuracy', topk=(1, )),
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=3e-3, weight_decay=0.05)),
         param_scheduler=[],
-        train_cfg=dict(by_epoch=True, max_epochs=max_epochs, val_interval=1),
+        train_cfg=(dict(by_epoch=True, max_epochs=max_epochs, val_interval=1) if by_epoch else
+                   dict(type='IterBasedTrainLoop', max_iters=2 * max_epochs, val_interval=4)),
         val_cfg=dict(),
         test_cfg=dict(),
         default_hooks=dict(
-            logger=dict(type='LoggerHook', interval=1),
-            checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=-1)),
+            logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=by_epoch),
+            checkpoint=dict(type='SafeCheckpointHook', by_epoch=by_epoch,
+                            interval=1 if by_epoch else 2, max_keep_ckpts=-1)),
         log_processor=dict(window_size=1),
         randomness=dict(seed=0, deterministic=True),
         custom_hooks=[dict(type='DivergenceGuardHook'), *custom_hooks],

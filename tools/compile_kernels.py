@@ -19,7 +19,7 @@ Examples::
 
     python tools/compile_kernels.py                      # sm_80 + sm_90, full matrix
     python tools/compile_kernels.py --arch 90 --quick    # bf16 only
-    python tools/compile_kernels.py --json out.json
+    python tools/compile_kernels.py --json docs/benchmarks/triton_aot_sm80_sm90.json
 """
 import argparse
 import json
@@ -28,7 +28,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -129,8 +128,9 @@ def _ptxas(ptx, arch):
         src = os.path.join(tmp, 'k.ptx')
         with open(src, 'w') as f:
             f.write(ptx)
-        res = subprocess.run([get_ptxas(arch).path, '-v', f'--gpu-name={sm_arch_from_capability(arch)}',
-                              src, '-o', os.path.join(tmp, 'k.o')],
+        gpu = sm_arch_from_capability(arch)
+        res = subprocess.run([get_ptxas(arch).path, '-v', f'--gpu-name={gpu}', src,
+                              '-o', os.path.join(tmp, 'k.o')],
                              capture_output=True, text=True, check=True)
     regs = re.search(r'Used (\d+) registers', res.stderr)
     spills = re.search(r'(\d+) bytes spill stores, (\d+) bytes spill loads', res.stderr)
@@ -153,7 +153,6 @@ def compile_all(archs, dtypes, log=print):
             if key in seen:
                 seen[key]['launches'].append(label)
                 continue
-            start = time.time()
             compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                       options=options.__dict__)
             regs, spill_st, spill_ld = _ptxas(compiled.asm['ptx'], arch)
@@ -161,7 +160,7 @@ def compile_all(archs, dtypes, log=print):
                        spill_loads=spill_ld, shared=compiled.metadata.shared,
                        shared_limit=SHARED_LIMIT[arch], num_warps=options.num_warps,
                        constexprs={k: v for k, v in kw.items() if k != 'num_warps'},
-                       compile_s=round(time.time() - start, 2), launches=[label])
+                       launches=[label])
             seen[key] = rec
             records.append(rec)
             log(f'sm_{arch} {fn.__name__:20s} regs {regs:3d} spills {spill_st}/{spill_ld} '
@@ -174,7 +173,9 @@ def main(argv=None):
     parser.add_argument('--arch', type=int, nargs='+', default=[80, 90],
                         choices=sorted(SHARED_LIMIT), help='compute capabilities')
     parser.add_argument('--quick', action='store_true', help='bf16 only')
-    parser.add_argument('--json', help='write the records to this file ("-": stdout)')
+    parser.add_argument('--json', default=os.path.join(ROOT, 'work_dirs', 'compile_kernels.json'),
+                        help='file for the records ("-": stdout; default '
+                        'work_dirs/compile_kernels.json)')
     args = parser.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET') == '1':
         parser.error('unset TRITON_INTERPRET: the interpreter does not compile')
@@ -186,11 +187,17 @@ def main(argv=None):
     bad = [r for r in records if r['spill_stores'] or r['spill_loads']
            or r['shared'] > r['shared_limit']]
     log(f'{len(records)} specialisations, {len(bad)} with spills or too much shared memory')
+    import triton
+    doc = dict(command='python tools/compile_kernels.py ' + ' '.join(argv or sys.argv[1:]),
+               versions=dict(triton=triton.__version__, torch=torch.__version__),
+               archs=args.arch, specialisations=len(records), with_problems=len(bad),
+               records=records)
     if args.json == '-':
-        json.dump(records, sys.stdout)
-    elif args.json:
+        json.dump(doc, sys.stdout)
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
-            json.dump(records, f, indent=1)
+            json.dump(doc, f, indent=1)
     return 1 if bad else 0
 
 

@@ -76,7 +76,7 @@ main() {
   local PIP=("$VPY" -m pip --isolated --disable-pip-version-check)
 
   stamp=$VENV/.vmamba_mm_stamp
-  want=$(cat "$REQ" "$ROOT/requirements-dev.txt" "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-16)
+  want=$(cat "$ROOT"/requirements*.txt "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain" 2>/dev/null; then
     # The environment may be shared by several checkouts: point the editable
     # install at this one.

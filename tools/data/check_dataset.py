@@ -4,7 +4,8 @@ Run it before a long training run: it builds the train / val / test datasets of
 CONFIG, reads and decodes every image (and segmentation map) they list, checks
 COCO annotation files for missing fields, unknown ids and degenerate boxes, and
 compares decoded image sizes with the annotated ones. All problems are listed in
-one pass; the exit status is 1 if there is any, 0 otherwise.
+one pass (a truncated JPEG, which OpenCV would decode with a grey bottom, counts);
+the exit status is 1 if there is any, 0 otherwise.
 
 Examples::
 
@@ -64,8 +65,13 @@ def _file_problems(dataset, seen):
         if not osp.isfile(path):
             problems.append(f'{key} {path}: file does not exist')
             continue
+        data = fileio.get(path)
+        if data[:2] == b'\xff\xd8' and not data.rstrip(b'\x00\r\n ').endswith(b'\xff\xd9'):
+            # OpenCV decodes a truncated JPEG, grey below the cut, with only a warning
+            problems.append(f'{key} {path}: truncated JPEG (no end-of-image marker)')
+            continue
         try:
-            img = mmcv.imfrombytes(fileio.get(path), flag='unchanged')
+            img = mmcv.imfrombytes(data, flag='unchanged')
         except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem
             problems.append(f'{key} {path}: cannot decode ({type(e).__name__}: {e})')
             continue

@@ -39,7 +39,20 @@ class SafeRunner(Runner):
       error lists each with its problem. No candidate at all: training starts
       from scratch (logged). An explicit ``load_from`` that cannot be read is an
       error naming it.
+    - **compile=True** compiles ``train_step`` as mmengine does, with the
+      optimizer update left to run eagerly (a graph break there): dynamo's
+      tracing of the optimizer step crashes on mmengine's parameter groups
+      (torch 2.13: ``InternalTorchDynamoError: 'UserDefinedDictVariable' object
+      has no attribute 'items'``), and the step is elementwise work that
+      compilation would not speed up much.
     """
+
+    def _maybe_compile(self, target):
+        super()._maybe_compile(target)
+        if target == 'train_step' and self.cfg.get('compile', None):
+            import torch
+            wrapper = self.optim_wrapper
+            wrapper.update_params = torch.compiler.disable(wrapper.update_params)
 
     def build_dataloader(self, dataloader, seed=None, diff_rank_seed=False):
         """As :meth:`Runner.build_dataloader`, with the dataset checked: a dataset

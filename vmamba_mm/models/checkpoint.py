@@ -1,10 +1,12 @@
-"""Loud loading of official checkpoints into our backbones.
+"""Loud loading of checkpoints: official ones into our backbones, our own into whole models.
 
 The official releases wrap weights differently: classification checkpoints are
 ``{'model': state_dict}``, detection / segmentation ones ``{'state_dict': ...}``
 with a ``backbone.`` prefix. :func:`load_pretrained` unwraps both, converts key
 names with a backbone-specific function, and then either loads or raises an error
 that names the offending keys. Missing and unexpected keys are always logged.
+:func:`load_model_checkpoint` loads a whole-model checkpoint (tools/train.py's
+output) strictly, e.g. for the ONNX export.
 """
 import torch
 from mmengine.logging import MMLogger, print_log
@@ -13,8 +15,13 @@ from mmengine.logging import MMLogger, print_log
 MIN_MATCHED_FRACTION = 0.5
 
 
-def read_state_dict(filename):
-    """Load a checkpoint file/URL and return its backbone state dict."""
+def read_checkpoint(filename):
+    """Load a checkpoint file/URL and return its state dict.
+
+    The dict under 'state_dict', 'model' or 'module' (whichever comes first) is
+    unwrapped and a DataParallel ``module.`` prefix removed; keys are kept as
+    they are otherwise.
+    """
     # mmengine.runner pulls in its hooks (OpenCV): imported when a checkpoint is read.
     from mmengine.runner.checkpoint import CheckpointLoader
     try:
@@ -29,9 +36,45 @@ def read_state_dict(filename):
         if key in ckpt and isinstance(ckpt[key], dict):
             ckpt = ckpt[key]
             break
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+
+
+def read_state_dict(filename):
+    """Load a checkpoint file/URL and return its backbone state dict
+    (:func:`read_checkpoint`, then the ``backbone.`` keys of a whole-model one)."""
+    ckpt = read_checkpoint(filename)
     if any(k.startswith('backbone.') for k in ckpt):
         ckpt = {k[len('backbone.'):]: v for k, v in ckpt.items() if k.startswith('backbone.')}
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+    return ckpt
+
+
+def load_model_checkpoint(model, filename):
+    """Load a checkpoint of the whole ``model`` (e.g. saved by tools/train.py) strictly.
+
+    Raises:
+        RuntimeError: naming the keys, if any key of the model is missing from the
+            checkpoint, any key of the checkpoint is not in the model, or a shape
+            differs.
+    """
+    state = read_checkpoint(filename)
+    own = model.state_dict()
+    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                  for k, v in state.items()
+                  if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or missing or unexpected:
+        parts = [f'{len(keys)} {what} keys, e.g. {keys[:10]}'
+                 for what, keys in (('shape-mismatched', mismatched), ('missing', missing),
+                                    ('unexpected', unexpected)) if keys]
+        raise RuntimeError(
+            f'checkpoint {filename!r} does not fit the {type(model).__name__} of this config: '
+            + '; '.join(parts) + '. It must hold this config\'s whole model (as saved by '
+            'tools/train.py); a backbone checkpoint (e.g. an official release) goes into '
+            'model.backbone.init_cfg=dict(type=\'Pretrained\', checkpoint=...) instead')
+    model.load_state_dict(state)
+    print_log(f'loaded all {len(own)} tensors of {type(model).__name__} from {filename}',
+              logger=MMLogger.get_current_instance())
 
 
 def load_pretrained(model, filename, convert=None, logger=None):
