@@ -4,7 +4,8 @@
 # padded batch at forward time, as ViTDet does with its absolute position embedding.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/datasets/coco_instance.py',
-    'mmdet::_base_/schedules/schedule_1x.py', 'mmdet::_base_/default_runtime.py'
+    'mmdet::_base_/schedules/schedule_1x.py', 'mmdet::_base_/default_runtime.py',
+    './_base_/safe_training.py'
 ]
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)
 
@@ -31,3 +32,6 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='VimLayerDecayOptimizerConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.92))
+
+# Save the new checkpoint before rotating old ones out (configs/_base_/safe_training.py).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

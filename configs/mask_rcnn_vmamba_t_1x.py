@@ -4,7 +4,7 @@
 # norm layers, 1000-iteration linear warm-up, lr x0.1 after epochs 8 and 11,
 # batch 16 = 8 GPUs x 2 images (bash tools/dist_train.sh <this config> 8).
 # Paper: 47.3 box AP / 42.7 mask AP, 50M parameters (this config builds 49,755,312).
-_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
+_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', './_base_/safe_training.py']
 
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)
 
@@ -40,3 +40,6 @@ optim_wrapper = dict(
 
 # The learning rate above is for 16 images per iteration (--auto-scale-lr style scaling).
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# Save the new checkpoint before rotating old ones out (configs/_base_/safe_training.py).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -5,7 +5,8 @@
 # weight decay 0.01, batch 16, 1500 warm-up iterations, linear decay, 160k iterations).
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
+    './_base_/safe_training.py'
 ]
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)
 
@@ -49,3 +50,6 @@ param_scheduler = [
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+
+# Save the new checkpoint before rotating old ones out (configs/_base_/safe_training.py).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -9,7 +9,8 @@
 #   python tools/test.py configs/upernet_vmamba_t_160k_ade20k.py CKPT          # single-scale
 #   python tools/test.py configs/upernet_vmamba_t_160k_ade20k.py CKPT --tta    # multi-scale+flip
 _base_ = [
-    'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+    'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
+    './_base_/safe_training.py'
 ]
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)
 
@@ -51,3 +52,6 @@ test_dataloader = val_dataloader
 # `tta_pipeline` come with the mmseg bases (default_runtime, datasets/ade20k): image
 # ratios 0.5 .. 1.75 of the original size, each with and without horizontal flip,
 # logits averaged.
+
+# Save the new checkpoint before rotating old ones out (configs/_base_/safe_training.py).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

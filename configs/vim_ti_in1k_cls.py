@@ -7,7 +7,8 @@
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
-    'mmpretrain::_base_/default_runtime.py'
+    'mmpretrain::_base_/default_runtime.py',
+    './_base_/safe_training.py'
 ]
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)
 
@@ -25,3 +26,6 @@ model = dict(
     train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]))
 
 train_dataloader = dict(batch_size=128)  # per GPU, 8 GPUs
+
+# Save the new checkpoint before rotating old ones out (configs/_base_/safe_training.py).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

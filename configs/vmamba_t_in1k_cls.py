@@ -6,6 +6,7 @@ _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
+    './_base_/safe_training.py',
 ]
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)
 
@@ -27,3 +28,6 @@ model = dict(
 
 # 8 GPUs x 128 images = 1024 (the base's batch 64 is for 16 GPUs).
 train_dataloader = dict(batch_size=128)
+
+# Save the new checkpoint before rotating old ones out (configs/_base_/safe_training.py).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -12,6 +12,8 @@ import torch
 from vmamba_mm.models.vim import Vim
 from vmamba_mm.models.vmamba import VMamba
 
+from helpers import DEVICE, has_triton
+
 RTOL = 1e-5
 
 
@@ -20,15 +22,53 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
 
 
+def _randomise(module, seed=0):
+    """Every parameter off its initial value (at init the SSM parameters' gradients
+    are tiny, which makes relative comparisons of them meaningless)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if name.split('.')[-1] in ('A_logs', 'A_log', 'A_b_log'):
+                p.copy_(0.5 * noise)
+            else:
+                p.add_(0.2 * noise)
+    return module
+
+
 def _models():
     torch.manual_seed(0)
-    return {
-        'vmamba': VMamba(arch=dict(depths=(1, 1, 2, 1), dims=16), drop_path_rate=0.0),
-        'vim_cls': Vim(arch=dict(embed_dims=32, num_layers=3, d_state=4, expand=2),
+    models = {
+        'vmamba': VMamba(arch=dict(depths=(1, 1), dims=8), drop_path_rate=0.0,
+                         out_indices=(0, 1)),
+        'vim_cls': Vim(arch=dict(embed_dims=16, num_layers=2, d_state=4, expand=2),
                        img_size=64),
-        'vim_featmap': Vim(arch=dict(embed_dims=32, num_layers=4, d_state=4, expand=2),
-                           img_size=64, out_type='featmap', out_indices=(0, 1, 2, 3)),
+        'vim_featmap': Vim(arch=dict(embed_dims=16, num_layers=2, d_state=4, expand=2),
+                           img_size=64, out_type='featmap', out_indices=(0, 1, 0, 1)),
     }
+    return {name: _randomise(m) for name, m in models.items()}
+
+
+def _train_step(model, fn, x):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    feats = fn(x)
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((f * torch.randn(f.shape, generator=gen).to(f.dtype)).sum() for f in feats)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return [f.detach() for f in feats], grads
+
+
+def _zero_gradient_params(model, x):
+    """Parameters whose exact gradient is 0 (|g| < 1e-9 of the largest, in float64):
+    a bias right before a train-mode BatchNorm, whose batch mean removes it. In
+    float32 their gradient is pure rounding noise, different for any two orders
+    of summation (eager and inductor), so no relative tolerance applies to them."""
+    m64 = copy.deepcopy(model).double()
+    _, grads = _train_step(m64, m64, x.double())
+    top = max(g.abs().max() for g in grads.values())
+    return {n for n, g in grads.items() if g.abs().max() < 1e-9 * top}
 
 
 @pytest.fixture(autouse=True)
@@ -47,27 +87,27 @@ def test_compiled_backbone_equals_eager(name):
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model, fullgraph=True)
     x = torch.randn(2, 3, 64, 48)
+    zero = _zero_gradient_params(eager, x)
+    assert zero == ({'fpn1.0.bias'} if name == 'vim_featmap' else set())
     outs = {}
     for tag, model, fn in (('eager', eager, eager), ('compiled', compiled_model, compiled)):
-        model.train()
-        model.zero_grad(set_to_none=True)
-        feats = fn(x)
-        gen = torch.Generator().manual_seed(1)
-        loss = sum((f * torch.randn(f.shape, generator=gen)).sum() for f in feats)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        feats, grads = _train_step(model, fn, x)
         model.eval()
         with torch.no_grad():
             infer = fn(x)
-        outs[tag] = ([f.detach() for f in feats], grads, infer)
+        outs[tag] = (feats, grads, infer)
     (fe, ge, ie), (fc, gc, ic) = outs['eager'], outs['compiled']
     for a, b in zip(fc, fe):
         assert rel_err(a, b) <= RTOL
     for a, b in zip(ic, ie):
         assert rel_err(a, b) <= RTOL
     assert set(gc) == set(ge) and len(ge) == len(list(eager.parameters()))
-    worst = max(ge, key=lambda n: rel_err(gc[n], ge[n]))
-    assert rel_err(gc[worst], ge[worst]) <= RTOL, (worst, rel_err(gc[worst], ge[worst]))
+    top = max(g.abs().max() for g in ge.values())
+    for n in zero:  # rounding noise on both sides, far below the gradients' scale
+        assert gc[n].abs().max() < 1e-4 * top and ge[n].abs().max() < 1e-4 * top
+    errs = {n: rel_err(gc[n], ge[n]) for n in ge if n not in zero}
+    worst = max(errs, key=errs.get)
+    assert errs[worst] <= RTOL, (worst, errs[worst])
 
 
 def test_compiled_graph_holds_the_operators():
@@ -85,9 +125,67 @@ def test_compiled_graph_holds_the_operators():
         compiled(torch.randn(1, 3, 32, 32))
     assert len(graphs) == 1
     targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == 'call_function']
-    blocks = 1 + 1 + 2 + 1
+    blocks = 1 + 1
     assert sum('vmamba_mm.selective_scan_fwd' in t for t in targets) == blocks
     assert sum('vmamba_mm.cross_scan' in t for t in targets) == blocks
     assert sum('vmamba_mm.cross_merge' in t for t in targets) == blocks
     # No unrolled scan: the whole graph stays small.
     assert len(targets) < 60 * blocks, len(targets)
+
+
+@pytest.mark.skipif(not has_triton(), reason='triton not installed')
+def test_triton_backend_is_compile_ready():
+    """The CUDA path's operators (Triton backend) under torch.compile(fullgraph=True):
+    their fake implementations (the kernels' residual shapes included) trace
+    forward and backward without a graph break, and the compiled model equals the
+    eager one. On CPU the kernels run in Triton's interpreter ('aot_eager': no
+    inductor code around them; a GPU session runs the same test with inductor)."""
+    backend = 'inductor' if torch.cuda.is_available() else 'aot_eager'
+    model = _randomise(VMamba(arch=dict(depths=(1, ), dims=8), out_indices=(0, ),
+                              drop_path_rate=0.0, scan_backend='triton',
+                              cross_scan_backend='triton')).to(DEVICE)
+    compiled_model = copy.deepcopy(model)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend=backend)
+    x = torch.randn(1, 3, 20, 24, device=DEVICE)
+    fe, ge = _train_step(model, model, x)
+    fc, gc = _train_step(compiled_model, compiled, x)
+    assert rel_err(fc[0], fe[0]) <= RTOL
+    for n in ge:
+        assert rel_err(gc[n], ge[n]) <= 1e-4, n
+
+
+def _run_tool(tool, *args, timeout=900):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, 'tools', tool), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                          capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'{cmd} failed ({proc.returncode}):\n{out[-6000:]}'
+    return out
+
+
+@pytest.mark.slow
+def test_runner_compile_trains_the_seg_demo(tmp_path):
+    """mmengine's Runner with compile=True (torch.compile of train_step) trains the
+    VMamba UperNet toy demo: a few iterations, finite losses, a checkpoint."""
+    import json
+    data = tmp_path / 'toy_ade'
+    _run_tool('data/make_toy_ade20k.py', '--out', data, '--num-train', 4, '--num-val', 2,
+              '--size', 64, '--seed', 1)
+    work = tmp_path / 'work'
+    out = _run_tool(
+        'train.py', 'configs/demo/upernet_vmamba_toy.py', '--work-dir', work, '--cfg-options',
+        'compile=True', f'train_dataloader.dataset.data_root={data}',
+        'train_dataloader.batch_size=2', f'val_dataloader.dataset.data_root={data}',
+        f'test_dataloader.dataset.data_root={data}', 'train_cfg.max_iters=3',
+        'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=3',
+        'default_hooks.logger.interval=1')
+    assert 'Model has been "compiled"' in out
+    assert (work / 'iter_3.pth').is_file()
+    scalars = list(work.glob('*/vis_data/scalars.json'))
+    records = [json.loads(line) for line in scalars[0].read_text().splitlines() if line]
+    losses = [r['loss'] for r in records if 'loss' in r]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))

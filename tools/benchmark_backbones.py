@@ -16,6 +16,9 @@ fresh, empty compile cache): their times, the time of their first call of each
 task (compilation included, minus the eager time: the cold compile time) and the
 ratios compiled VMamba-T / compiled Swin-T and compiled / eager VMamba-T.
 
+The record goes to ``work_dirs/benchmarks/backbones_cpu.json`` unless ``--out`` says
+otherwise (the kept records in ``docs/benchmarks/`` are written only on purpose).
+
 With glibc's malloc told to keep freed memory (no page faults for either model):
 
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=10737418240 \
@@ -110,7 +113,8 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--compile', action='store_true',
                         help='also time torch.compile(model) of both (inductor, cold cache)')
-    parser.add_argument('--out', default='work_dirs/benchmarks/backbones_cpu.json')
+    parser.add_argument('--out', default='work_dirs/benchmarks/backbones_cpu.json',
+                        help='JSON record path (default: %(default)s)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

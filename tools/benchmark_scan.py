@@ -16,6 +16,10 @@ Examples::
     python tools/benchmark_scan.py --shapes vmamba_t_s1        # the 20x CPU target
     python tools/benchmark_scan.py --quick                     # all shapes, 1 timed run
     python tools/benchmark_scan.py --batch 8 --out /tmp/scan.json
+    python tools/benchmark_scan.py --out docs/benchmarks/scan_cpu.json   # the kept record
+
+The record goes to ``work_dirs/benchmarks/scan_<device>.json`` unless ``--out`` says
+otherwise.
 """
 import argparse
 import json
@@ -199,7 +203,7 @@ def main(argv=None):
                              'measured in turn (default: the current setting)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', default=None,
-                        help='JSON path (default docs/benchmarks/scan_<device>.json)')
+                        help='JSON path (default work_dirs/benchmarks/scan_<device>.json)')
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -293,7 +297,7 @@ def main(argv=None):
         del inputs
 
     report['load_average_at_end'] = os.getloadavg()
-    out = args.out or os.path.join('docs', 'benchmarks', f'scan_{device.type}.json')
+    out = args.out or os.path.join('work_dirs', 'benchmarks', f'scan_{device.type}.json')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     with open(out, 'w') as f:
         json.dump(report, f, indent=2)

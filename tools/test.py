@@ -6,7 +6,12 @@ Examples::
     python tools/test.py CONFIG CKPT --show-dir vis       # save pictures of the predictions
     python tools/test.py CONFIG CKPT --out results.pkl    # dump the raw predictions
     python tools/test.py CONFIG CKPT --tta                # test-time augmentation (tta_model)
+    python tools/test.py CONFIG CKPT --non-strict # evaluate a checkpoint that does not fit
     bash tools/dist_test.sh CONFIG CKPT 8
+
+The checkpoint must fit the config's model: missing, unexpected or mis-shaped keys
+stop the test with an error naming them (allowed: BatchNorm ``num_batches_tracked``
+and ``data_preprocessor.*``), unless ``--non-strict`` is given.
 
 The metrics are printed and written to ``<work-dir>/<timestamp>/<timestamp>.json``.
 """
@@ -16,9 +21,11 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+from vmamba_mm.engine import DatasetError  # noqa: E402
+from vmamba_mm.engine.checkpoint import checkpoint_problem  # noqa: E402
 from vmamba_mm.runner import (add_runner_arguments, build_runner, check_data_paths,  # noqa: E402
-                              default_work_dir, load_config, parse_runner_args, register_scope,
-                              setup_launcher, task_scope)
+                              checkpoint_fit_problems, default_work_dir, load_config,
+                              parse_runner_args, register_scope, setup_launcher, task_scope)
 
 
 def parse_args(argv=None):
@@ -32,6 +39,9 @@ def parse_args(argv=None):
                         '(relative paths are inside <work-dir>/<timestamp>/)')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (needs tta_model and tta_pipeline in the config)')
+    parser.add_argument('--non-strict', action='store_true',
+                        help='evaluate even if the checkpoint does not fit the model (missing, '
+                        'unexpected or mis-shaped keys are then only logged)')
     add_runner_arguments(parser)
     return parse_runner_args(parser, argv)
 
@@ -77,6 +87,10 @@ def prepare(args):
         enable_visualization(cfg, scope, args.show_dir)
     if args.tta:
         enable_tta(cfg)
+    if '://' not in args.checkpoint:
+        problem = checkpoint_problem(args.checkpoint)
+        if problem is not None:
+            raise ValueError(f'cannot read checkpoint {args.checkpoint!r}: {problem}')
     check_data_paths(cfg, ('test',))
     register_scope(scope)
     setup_launcher(cfg, args.launcher)
@@ -90,13 +104,23 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(f'test.py: error: {e}')
     runner = build_runner(cfg)
+    problems = checkpoint_fit_problems(runner.model, args.checkpoint)
+    if problems and not args.non_strict:
+        raise SystemExit(f'test.py: error: checkpoint {args.checkpoint} does not fit the model '
+                         f'of {args.config}:\n  {problems}\n(use --non-strict to evaluate anyway)')
+    if problems:
+        runner.logger.warning(f'--non-strict: checkpoint {args.checkpoint} does not fit the '
+                              f'model:\n  {problems}')
     if args.out is not None:
         if scope == 'mmdet':  # encodes masks as RLE, as mmdet's own tools/test.py
             from mmdet.evaluation import DumpDetResults as Dump
         else:
             from mmengine.evaluator import DumpResults as Dump
         runner.test_evaluator.metrics.append(Dump(out_file_path=args.out))
-    runner.test()
+    try:
+        runner.test()
+    except DatasetError as e:
+        raise SystemExit(f'test.py: error: {e}')
 
 
 if __name__ == '__main__':

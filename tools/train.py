@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+from vmamba_mm.engine import DatasetError, DivergenceError  # noqa: E402
 from vmamba_mm.runner import (add_runner_arguments, build_runner, check_data_paths,  # noqa: E402
                               default_work_dir, load_config, parse_runner_args, register_scope,
                               setup_launcher, task_scope)
@@ -75,7 +76,10 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(f'train.py: error: {e}')
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except (DatasetError, DivergenceError) as e:
+        raise SystemExit(f'train.py: error: {e}')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,11 @@ if find_spec('mmengine') is not None:
     from . import models  # noqa: F401,E402
     from .safe_globals import register_mmengine_safe_globals  # noqa: E402
 
+    # The training engine extends mmengine's Runner, which imports OpenCV. Without
+    # OpenCV there is no Runner to extend; the backbones need mmengine alone.
+    if find_spec('cv2') is not None:
+        from . import engine  # noqa: F401,E402
+
     # torch >= 2.6 loads with weights_only=True: allow mmengine's own checkpoints
     # (resume / load_from) without a user-side environment variable.
     register_mmengine_safe_globals()

@@ -179,6 +179,27 @@ def keep_freed_memory():
     return bool(mallopt(m_mmap_threshold, mmap_max)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def checkpoint_fit_problems(model, filename):
+    """Keys of checkpoint ``filename`` that do not fit ``model`` ('' if it fits).
+
+    Compares the checkpoint's ``state_dict`` (``module.`` prefixes removed) with
+    the model's (inside any DDP / test-time-augmentation wrapper), beyond
+    ``vmamba_mm.engine.checkpoint.STRICT_ALLOWANCE``: missing, unexpected and
+    mis-shaped keys, formatted for an error message.
+    """
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from .engine.checkpoint import format_mismatch, state_dict_mismatch
+    while hasattr(model, 'module'):  # MMDistributedDataParallel, BaseTTAModel
+        model = model.module
+    ckpt = _load_checkpoint(filename, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        return f'{filename!r} holds no state dict'
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    return format_mismatch(state_dict_mismatch(model.state_dict(), state))
+
+
 def build_runner(cfg):
     """``Runner.from_cfg`` or the config's ``runner_type``; on a machine without
     CUDA, first :func:`keep_freed_memory`."""

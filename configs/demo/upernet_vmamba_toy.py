@@ -4,7 +4,7 @@
 # multi-scale TTA as configs/upernet_vmamba_*_160k_ade20k.py, scaled down.
 #
 #   bash tools/demo_seg.sh        # data, train, test, test --tta, picture
-_base_ = ['mmseg::_base_/default_runtime.py']
+_base_ = ['mmseg::_base_/default_runtime.py', '../_base_/safe_training.py']
 custom_imports = dict(imports=['vmamba_mm'], allow_failed_imports=False)
 
 data_root = 'data/toy_ade'
@@ -129,7 +129,7 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters),
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=max_iters),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)

@@ -10,7 +10,6 @@ output) strictly, e.g. for the ONNX export.
 """
 import torch
 from mmengine.logging import MMLogger, print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 
 # Fewer matched parameter tensors than this fraction of the model's = wrong checkpoint.
 MIN_MATCHED_FRACTION = 0.5
@@ -23,6 +22,8 @@ def read_checkpoint(filename):
     unwrapped and a DataParallel ``module.`` prefix removed; keys are kept as
     they are otherwise.
     """
+    # mmengine.runner pulls in its hooks (OpenCV): imported when a checkpoint is read.
+    from mmengine.runner.checkpoint import CheckpointLoader
     try:
         ckpt = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
     except FileNotFoundError:

@@ -29,15 +29,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
-from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
 from ..ops import selective_scan
 from ..registry import register_model
 from .checkpoint import load_pretrained
-from .utils import at_least_fp32, check_backend_name
+from .utils import (DropPath, at_least_fp32, build_norm_layer, check_backend_name,
+                    check_drop_path_rate, check_input_dtype)
 
 
 class RMSNorm(nn.Module):
@@ -245,13 +244,16 @@ class Vim(BaseModule):
             sequence is the patches, ``pos_embed`` has one entry per patch); the
             feature of block i is its mixer output (not normed, no residual
             added); then ConvTranspose2d-norm-GELU-ConvTranspose2d (x4),
-            ConvTranspose2d (x2), identity, 2x2 max-pool. Blocks after the last
+            ConvTranspose2d (x2), identity, 2x2 max-pool rounding up (an
+            ``h x w`` patch grid gives ``ceil(h/2) x ceil(w/2)``, so any input of
+            at least one patch a side works). Blocks after the last
             out index are not run, and ``norm_f`` does not exist in this mode.
             Defaults to 'cls_token'.
-        out_indices (Sequence[int]): for 'featmap', the blocks feeding the
-            stride 4, 8, 16 and 32 outputs, in that order (negative counts from the
-            end; repeats allowed). Defaults to (5, 11, 17, 23).
-        drop_path_rate (float): stochastic depth, linear over the blocks.
+        out_indices (Sequence[int], optional): for 'featmap', the blocks feeding
+            the stride 4, 8, 16 and 32 outputs, in that order (negative counts from
+            the end; repeats allowed); None means (5, 11, 17, 23). Not allowed with
+            'cls_token' (it would be ignored). Defaults to None.
+        drop_path_rate (float): stochastic depth in [0, 1), linear over the blocks.
         norm_cfg (dict): norm of the stride-4 branch. Defaults to BN (the
             official configs use SyncBN).
         with_cp (bool): gradient checkpointing per block.
@@ -277,7 +279,7 @@ class Vim(BaseModule):
                  patch_size=16,
                  in_channels=3,
                  out_type='cls_token',
-                 out_indices=(5, 11, 17, 23),
+                 out_indices=None,
                  drop_path_rate=0.,
                  norm_cfg=dict(type='BN', requires_grad=True),
                  with_cp=False,
@@ -291,6 +293,11 @@ class Vim(BaseModule):
         if out_type not in self.OUT_TYPES:
             raise ValueError(f'Vim: unknown out_type {out_type!r}; choose one of {self.OUT_TYPES}')
         self.out_type = out_type
+        if out_type == 'cls_token' and out_indices is not None:
+            raise ValueError(f"Vim: out_indices={out_indices} would be ignored with "
+                             "out_type='cls_token' (one class-token output); drop it, or use "
+                             "out_type='featmap'")
+        check_drop_path_rate('Vim', drop_path_rate)
         if patch_size != 16 and out_type == 'featmap':
             raise ValueError(f'Vim: the featmap pyramid is defined for patch_size 16, '
                              f'got {patch_size}')
@@ -323,16 +330,18 @@ class Vim(BaseModule):
             self.norm_f = RMSNorm(dim)
             self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         else:
-            self.out_indices = self._parse_out_indices(out_indices)
+            self.out_indices = self._parse_out_indices(
+                (5, 11, 17, 23) if out_indices is None else out_indices)
             # Pyramid as the official seg/backbone/vim.py (same module names).
             self.fpn1 = nn.Sequential(
                 nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
-                build_norm_layer(norm_cfg, dim)[1],
+                build_norm_layer(norm_cfg, dim),
                 nn.GELU(),
                 nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
             self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
             self.fpn3 = nn.Identity()
-            self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+            # ceil: odd grids round up (a 1x1 grid stays 1x1), as VMamba's strided convs
+            self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
 
         # Official initialisation (models_mamba.VisionMamba).
         trunc_normal_(self.pos_embed, std=.02)
@@ -378,9 +387,13 @@ class Vim(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'Vim: expected {self.in_channels} input channels, got '
                              f'{x.shape[1]} (input shape {tuple(x.shape)})')
+        if x.shape[0] < 1:
+            raise ValueError(f'Vim: empty batch (input shape {tuple(x.shape)})')
         if x.shape[2] < self.patch_size or x.shape[3] < self.patch_size:
             raise ValueError(f'Vim: input {x.shape[2]}x{x.shape[3]} is smaller than one '
-                             f'{self.patch_size}x{self.patch_size} patch')
+                             f'{self.patch_size}x{self.patch_size} patch (the minimum input '
+                             f'size is {self.patch_size}x{self.patch_size})')
+        check_input_dtype('Vim', x, self.patch_embed.proj.weight)
 
     def forward(self, x):
         self._check_input(x)

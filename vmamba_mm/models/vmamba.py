@@ -24,14 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..ops import cross_merge, cross_scan, selective_scan
 from ..registry import register_model
 from .checkpoint import load_pretrained
-from .utils import at_least_fp32, check_backend_name, linear
+from .utils import (DropPath, at_least_fp32, check_backend_name, check_drop_path_rate,
+                    check_input_dtype, linear)
 
 # Released configurations (classification/configs/vssm/vmambav2*_224.yaml).
 ARCH_SETTINGS = {
@@ -237,8 +237,8 @@ class VMamba(BaseModule):
             and ``dims`` (width of the first stage; stage i has ``dims * 2**i``),
             and optionally ``d_state`` (1), ``ssm_ratio`` (1.0), ``mlp_ratio`` (4.0).
         in_channels (int): Input image channels. Defaults to 3.
-        drop_path_rate (float): Stochastic depth rate, increasing linearly over
-            all blocks. Defaults to 0.2 (the official VMamba-T value).
+        drop_path_rate (float): Stochastic depth rate in [0, 1), increasing
+            linearly over all blocks. Defaults to 0.2 (the official VMamba-T value).
         out_indices (Sequence[int]): Stages whose features are returned, each
             through its own LayerNorm (``outnorm{i}``). Defaults to (0, 1, 2, 3).
         frozen_stages (int): -1: train everything; 0: freeze the stem; k > 0:
@@ -274,6 +274,7 @@ class VMamba(BaseModule):
         if bad or len(set(out_indices)) != len(out_indices):
             raise ValueError(f'VMamba: out_indices must be distinct stage indices in '
                              f'[0, {num_stages - 1}], got {out_indices}')
+        check_drop_path_rate('VMamba', drop_path_rate)
         if not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'VMamba: frozen_stages must be in [-1, {num_stages}], '
                              f'got {frozen_stages}')
@@ -386,12 +387,12 @@ class VMamba(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'VMamba: expected {self.in_channels} input channels, got '
                              f'{x.shape[1]} (input shape {tuple(x.shape)})')
+        if x.shape[0] < 1:
+            raise ValueError(f'VMamba: empty batch (input shape {tuple(x.shape)})')
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f'VMamba: input must be at least 1x1 pixels, got shape '
                              f'{tuple(x.shape)}')
-        if not x.is_floating_point():
-            raise TypeError(f'VMamba: input must be floating point, got {x.dtype} '
-                            f'(convert images with .float() and normalise them)')
+        check_input_dtype('VMamba', x, self.patch_embed.conv1.weight)
 
     def forward(self, x):
         """(N, C, H, W) -> tuple of contiguous NCHW features, one per ``out_indices`` entry.
