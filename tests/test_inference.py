@@ -93,8 +93,12 @@ def test_classification_inferencer_draws_predictions(images, tmp_path):
                          'model.head.in_channels': 128, 'model.head.num_classes': 3})
     classes = ('circle', 'triangle', 'rectangle')
     weights = save_checkpoint(cfg, 'mmpretrain', classes, tmp_path / 'model.pth')
-    inferencer = ImageClassificationInferencer(model=cfg, pretrained=weights, device='cpu')
-    result = inferencer(images['coco'], show_dir=str(tmp_path / 'vis'))[0]
+    from mmengine.registry import DefaultScope
+    # mmpretrain's inferencer builds its pipeline in the current default scope, which
+    # the mmdet / mmseg inferencers of the other tests in this process have set.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        inferencer = ImageClassificationInferencer(model=cfg, pretrained=weights, device='cpu')
+        result = inferencer(images['coco'], show_dir=str(tmp_path / 'vis'))[0]
     assert result['pred_class'] in classes and len(result['pred_scores']) == 3
     drawn = str(tmp_path / 'vis' / (osp.splitext(osp.basename(images['coco']))[0] + '.png'))
     assert_drawing(drawn, images['coco'])

@@ -15,7 +15,8 @@ import onnx
 import pytest
 import torch
 
-from vmamba_mm.deploy import VERIFY_RTOL, build_model, export_onnx, verify_onnx
+from vmamba_mm.deploy import (VERIFY_RTOL, ExportError, build_model, export_onnx,
+                              verify_onnx)
 from vmamba_mm.runner import load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -89,6 +90,16 @@ def test_dynamic_export_runs_at_other_sizes(name, tmp_path):
     for shape in ((64, 96), (32, 32), (96, 64), (160, 224)):
         errors = verify_onnx(path, module, shape)
         assert all(err <= VERIFY_RTOL for err in errors.values()), (shape, errors)
+
+
+@pytest.mark.slow
+def test_dynamic_export_of_a_size_dependent_trace_is_refused(tmp_path):
+    """Vim traced at its stored grid skips the position-embedding resize: --dynamic
+    refuses that trace instead of writing a file that is right at one size only."""
+    module, _ = tiny_model('cls-vim')  # img_size 64
+    with pytest.raises(ExportError, match=r'--dynamic: the model traced at \(64, 64\)'):
+        export_onnx(module, (64, 64), str(tmp_path / 'x.onnx'), dynamic=True)
+    assert not (tmp_path / 'x.onnx').exists()
 
 
 @pytest.mark.slow

@@ -137,6 +137,30 @@ def check_dynamic(module):
                     f'exports only for a fixed input size; export with a static --shape')
 
 
+def check_traced_size_independent(ep, module, shape, names):
+    """Run the traced program at another size (H + 32, W + 64) against ``module``.
+
+    A model whose code branches on the input size (e.g. Vim skips resizing its
+    position embedding when the patch grid equals ``img_size``) is traced for
+    the example size only; this catches it before an ONNX file is written.
+    """
+    other = (shape[0] + DYNAMIC_MULTIPLE, shape[1] + 2 * DYNAMIC_MULTIPLE)
+    x = example_input(other, seed=1)
+    hint = ('export with a static --shape, or with --dynamic from another example size '
+            '(e.g. not the size a Vim position embedding is stored for)')
+    with torch.no_grad():
+        try:
+            got = _as_tuple(ep.module()(x))
+        except Exception as e:  # noqa: BLE001  (any failure means: not size-independent)
+            raise ExportError(f'--dynamic: the model traced at {shape} does not run at '
+                              f'{other} ({type(e).__name__}: {str(e)[:300]}); {hint}') from e
+        errors = relative_errors(got, _as_tuple(module(x)), names)
+    bad = {k: v for k, v in errors.items() if not v <= VERIFY_RTOL}
+    if bad:
+        raise ExportError(f'--dynamic: the model traced at {shape} differs from PyTorch at '
+                          f'{other} (relative errors {bad}); {hint}')
+
+
 def example_input(shape, seed=0):
     """A random normalised image (1, 3, H, W), the same for export and check."""
     gen = torch.Generator().manual_seed(seed)
@@ -189,6 +213,8 @@ def export_onnx(module, shape, out, dynamic=False, opset=MIN_OPSET):
         ep = torch.export.export(module, (x, ), dynamic_shapes=dynamic_shapes, strict=False)
     t1 = time.perf_counter()
     names = output_names(module.scope, len(ep.graph_signature.user_outputs))
+    if dynamic:
+        check_traced_size_independent(ep, module, shape, names)
     with onnx_lowering():
         program = torch.onnx.export(ep, (x, ), input_names=[INPUT_NAME], output_names=names,
                                     opset_version=opset, dynamo=True, optimize=False,
