@@ -24,9 +24,9 @@ other gradients are a few fused elementwise products and reductions.
 When no gradient is needed (``save=False``) the forward computes in place in
 its own scratch memory: the time steps become ``dt * u * B``, then the states,
 then the output (on CPU every fresh large tensor costs page faults, often more
-than the arithmetic). With ``save=True`` it keeps the decays and the states,
-2 x (batch, L, dim, N) in float32 (float64 for float64 inputs), as the
-operator's two residuals; the backward recomputes the time steps.
+than the arithmetic). With ``save=True`` it keeps the time steps (batch, L,
+dim) and the states (batch, L, dim, N), in float32 (float64 for float64
+inputs), as the operator's two residuals; the backward recomputes the decays.
 
 Numerical assumption: the decays ``exp(delta * A)`` lie in [0, 1], i.e.
 ``delta * A <= 0``, which holds in every model here (``A = -exp(A_log)`` and a
@@ -198,8 +198,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major, sa
     Returns:
         (out, last_state, residuals): ``out`` contiguous in the layout and
         ``u``'s dtype; ``last_state`` (batch, dim, N) float32 (float64 for
-        float64 inputs); residuals (decays, states), each (batch, L, dim, N),
-        when ``save``, else ().
+        float64 inputs); residuals (time steps (batch, L, dim), states
+        (batch, L, dim, N)) when ``save``, else ().
     """
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, z = (_time_major(t, time_major) for t in (u, delta, z))
@@ -232,7 +232,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major, sa
     if z is not None:
         y = y.mul_(F.silu(_dense(z, acc)))
     out = _layout(y, time_major, u.dtype)
-    residuals = (a.view(batch, L, dim, N), h.view(batch, L, dim, N)) if save else ()
+    residuals = (dt, h.view(batch, L, dim, N)) if save else ()
     return out, last, residuals
 
 
@@ -240,12 +240,14 @@ def fake_residuals(u, A, time_major):
     batch = u.shape[0]
     L, dim = (u.shape[1], u.shape[2]) if time_major else (u.shape[2], u.shape[1])
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-    return tuple(u.new_empty(batch, L, dim, A.shape[1], dtype=acc) for _ in range(2))
+    return (u.new_empty(batch, L, dim, dtype=acc), u.new_empty(batch, L, dim, A.shape[1], dtype=acc))
 
 
-def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, a, h, delta_softplus, time_major):
-    """Backend entry: the gradients from the kept decays ``a`` and states ``h``."""
-    acc = a.dtype
+def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, dt, h, delta_softplus, time_major):
+    """Backend entry: the gradients from the kept time steps ``dt`` and states ``h``
+    (the decays are recomputed: one exp, cheaper than keeping them for N > 1 and
+    than recomputing the softplus)."""
+    acc = h.dtype
     in_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
     u, delta, z, dout = (_time_major(t, time_major) for t in (u, delta, z, dout))
     if not time_major:
@@ -253,13 +255,12 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, a, h, delta_softp
     batch, L, dim = u.shape
     G, N = B.shape[2:]
     dg = dim // G
-    a = a.view(batch, L, G, dg, N)
     h = h.view(batch, L, G, dg, N)
     A_ = A.to(acc).view(G, dg, N)
+    a = torch.mul(dt.view(batch, L, G, dg, 1), A_).exp_()  # the decays
     Bf, Cf = B.to(acc).unsqueeze(3), C.to(acc).unsqueeze(3)
     uf = _dense(u, acc)
-    dt = _time_steps(delta, delta_bias, delta_softplus, acc)
-    dy = _dense(dout, acc, fresh=True)
+    dy = _dense(dout, acc, fresh=z is not None)  # overwritten below only with z
     dz = dD = ddelta_bias = None
     if z is not None:
         zf = _dense(z, acc)
@@ -272,20 +273,24 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, a, h, delta_softp
         dy.mul_(zf * sig)
     if D is not None:
         dD = (dy * uf).sum((0, 1))
+    # Scratch for the products that are reduced right away (on CPU each fresh
+    # large buffer costs page faults).
+    tmp = torch.empty_like(h)
     dy5 = dy.view(batch, L, G, dg, 1)
-    dC = (h * dy5).sum(3)  # (batch, L, G, N)
+    dC = torch.mul(h, dy5, out=tmp).sum(3)  # (batch, L, G, N)
     g = dy5 * Cf  # dL/dh through the outputs
     if dlast is not None:
         g[:, L - 1] += dlast.to(acc).view(batch, G, dg, N)
     _scan_backward_time_major_(a, g)  # adjoint states = dL/dx, x = dt * u * B
     dt5, u5 = dt.view(batch, L, G, dg, 1), uf.view(batch, L, G, dg, 1)
-    dB = (g * (dt5 * u5)).sum(3)
+    dB = torch.mul(g, dt5, out=tmp).mul_(u5).sum(3)
     ddu = _sum_state(g * Bf)  # dL/d(dt * u), (batch, L, G, dg)
     # dL/d(dt * A) = g_l * a_l * h_{l-1}, in place over g.
     g[:, 1:].mul_(h[:, :-1])
     g[:, 0].zero_()
     g.mul_(a)
-    dA = (g * dt5).sum((0, 1)).view(dim, N)
+    dA = torch.mul(g, dt5, out=tmp).sum((0, 1)).view(dim, N)
+    del tmp
     ddt = _sum_state(g.mul_(A_))
     ddt.addcmul_(ddu, u5.squeeze(-1))
     du = ddu.mul_(dt5.squeeze(-1)).view(batch, L, dim)
@@ -293,8 +298,11 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, a, h, delta_softp
         du.addcmul_(dy, D.to(acc))
     ddt = ddt.view(batch, L, dim)
     if delta_softplus:
-        # d softplus(x) / dx = sigmoid(x), x = delta + delta_bias.
-        ddt.mul_(_time_steps(delta, delta_bias, False, acc).sigmoid_())
+        # d softplus(x) / dx = sigmoid(x) = 1 - exp(-softplus(x)), from dt in place
+        # (x = delta + delta_bias; expm1 keeps it exact where dt is tiny).
+        # The decays' buffer is free now; for N == 1 it holds the result.
+        sig = torch.neg(dt, out=a.view(batch, L, dim)) if N == 1 else torch.neg(dt)
+        ddt.mul_(sig.expm1_().neg_())
     if delta_bias is not None:
         ddelta_bias = ddt.sum((0, 1))
     grads = (_layout(du, time_major, in_dtypes[0]), _layout(ddt, time_major, in_dtypes[1]),
