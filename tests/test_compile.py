@@ -71,10 +71,20 @@ def _zero_gradient_params(model, x):
     return {n for n, g in grads.items() if g.abs().max() < 1e-9 * top}
 
 
+# Compiled artefacts are cached across processes by graph, not by the operators'
+# implementations: a cache from an earlier version of a backend would be reused.
+# Every test here compiles from scratch.
+NO_CACHE_ENV = {'TORCHINDUCTOR_FX_GRAPH_CACHE': '0', 'TORCHINDUCTOR_AUTOGRAD_CACHE': '0'}
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
     torch._dynamo.reset()
-    yield
+    with inductor_config.patch(fx_graph_cache=False), \
+            functorch_config.patch(enable_autograd_cache=False):
+        yield
     torch._dynamo.reset()
 
 
@@ -160,7 +170,7 @@ def _run_tool(tool, *args, timeout=900):
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, os.path.join(root, 'tools', tool), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=root),
+    proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=root, **NO_CACHE_ENV),
                           capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f'{cmd} failed ({proc.returncode}):\n{out[-6000:]}'
