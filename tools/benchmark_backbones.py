@@ -41,6 +41,8 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # a checkout
+
 TARGETS = {'inference': 1.40, 'train': 1.50}
 COMPILED_TARGETS = {'inference': 1.0}
 

@@ -21,12 +21,17 @@ so it is as accurate as the reference loop. The backward runs the adjoint
 recurrence ``g_l = dh_l + a_{l+1} g_{l+1}`` the same way in reverse time; all
 other gradients are a few fused elementwise products and reductions.
 
-When no gradient is needed (``save=False``) the forward computes in place in
-its own scratch memory: the time steps become ``dt * u * B``, then the states,
-then the output (on CPU every fresh large tensor costs page faults, often more
-than the arithmetic). With ``save=True`` it keeps the time steps (batch, L,
-dim) and the states (batch, L, dim, N), in float32 (float64 for float64
-inputs), as the operator's two residuals; the backward recomputes the decays.
+On CPU every fresh large tensor costs page faults, often more than the
+arithmetic on it, so allocations are few: the decays and the backward's
+adjoint states live in scratch buffers kept between calls (per thread, CPU
+only, up to ``SCRATCH_LIMIT_BYTES`` each); when no gradient is needed
+(``save=False``) the forward computes in place in its own time-step buffer:
+the time steps become ``dt * u * B``, then the states, then the output. With
+``save=True`` it keeps the time steps (batch, L, dim) and the states (batch, L,
+dim, N), in float32 (float64 for float64 inputs), as the operator's two
+residuals; the backward recomputes the decays. Reduced products (the gradients
+of B, C, D and A) are batched matrix products or blocked sums, never a
+full-size temporary.
 
 Numerical assumption: the decays ``exp(delta * A)`` lie in [0, 1], i.e.
 ``delta * A <= 0``, which holds in every model here (``A = -exp(A_log)`` and a
@@ -35,30 +40,32 @@ positive ``delta`` after softplus). Nothing relies on it for correctness: with
 loop, and the running products of decays overflow only where the state does.
 """
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
 
 NUM_RESIDUALS = 2
 
+# Scratch memory kept between calls, per thread, on CPU only: there every fresh
+# large tensor costs a page fault per 4 KiB page once glibc has handed freed
+# memory back to the kernel, about as much as the arithmetic on it (README,
+# Benchmarks). At most two buffers (the decays and the adjoint states), each
+# kept only up to SCRATCH_LIMIT_BYTES; larger ones are allocated per call.
+SCRATCH_LIMIT_BYTES = 128 << 20
+_scratch_buffers = threading.local()
 
-def _softplus_(x, threshold=20.0):
-    """softplus(x) = log(1 + exp(x)), overwriting ``x`` (returns it).
 
-    About 3x faster on CPU than ``F.softplus`` (whose log1p is not vectorised):
-    ``log1p(u)`` is ``log(w) - ((w - 1) - u) / w`` with ``w = 1 + u`` rounded;
-    ``w - 1`` and ``u - (w - 1)`` are exact, so this is exact to a few ulps for
-    every u >= 0. Above ``threshold`` the excess ``x - threshold`` is added to
-    softplus(threshold) (so +-inf work). Two scratch tensors, no other
-    allocation: on CPU every fresh large tensor costs page faults.
-    """
-    u = torch.clamp(x, max=threshold).exp_()
-    x.sub_(threshold).clamp_(min=0)
-    w = u + 1.0
-    w.sub_(1.0)  # w - 1, exact
-    u.sub_(w)  # u - (w - 1): minus the rounding error of w, exact
-    w.add_(1.0)  # w again, exact
-    return x.addcdiv_(u, w).add_(w.log_())
+def _scratch(name, shape, dtype, device):
+    """An uninitialised tensor of ``shape`` that lives only inside one call."""
+    numel = math.prod(shape)
+    if device.type != 'cpu' or numel * dtype.itemsize > SCRATCH_LIMIT_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buf = getattr(_scratch_buffers, name, None)
+    if buf is None or buf.dtype != dtype or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        setattr(_scratch_buffers, name, buf)
+    return buf[:numel].view(shape)
 
 
 def _scan_forward_(a, h):
@@ -145,9 +152,38 @@ def _scan_backward_time_major_(a, g):
     return g
 
 
-def _sum_state(x):
-    """Sum over the trailing state dim N (a free squeeze when N == 1)."""
-    return x.squeeze(-1) if x.shape[-1] == 1 else x.sum(-1)
+def _contract_state(h, c):
+    """sum_n h[..., n] c[..., n] for h (batch, L, G, dg, N) and c (batch, L, G, 1, N):
+    (batch, L, G, dg, 1), without an N-times larger product (a batched matrix-vector
+    product; a plain product when N == 1)."""
+    if h.shape[-1] == 1:
+        return h * c
+    return torch.matmul(h, c.transpose(-1, -2))
+
+
+def _contract_dim(h, v):
+    """sum_d h[..., d, n] v[..., d, 0] for h (batch, L, G, dg, N) and v (batch, L, G, dg, 1):
+    (batch, L, G, N), as batched matrix products (no product tensor)."""
+    return torch.matmul(h.transpose(-1, -2), v).squeeze(-1)
+
+
+def _sum_products(*xs):
+    """sum over the leading (batch, L) dims of the product of the (broadcastable,
+    contiguous) ``xs``, in blocks of rows: the product lives in a small scratch
+    buffer that stays in cache, instead of a full-size temporary."""
+    shape = torch.broadcast_shapes(*(x.shape for x in xs))
+    rows, inner = shape[0] * shape[1], shape[2:]
+    xs = [x.flatten(0, 1) for x in xs]  # views: each x has the (batch, L) dims
+    step = max(1, (1 << 16) // max(1, math.prod(inner)))
+    scratch = xs[0].new_empty((min(step, rows),) + tuple(inner))
+    total = xs[0].new_zeros(inner)
+    for r in range(0, rows, step):
+        n = min(step, rows - r)
+        prod = torch.mul(xs[0][r:r + n], xs[1][r:r + n], out=scratch[:n])
+        for x in xs[2:]:
+            prod.mul_(x[r:r + n])
+        total.add_(prod.sum(0))
+    return total
 
 
 def _time_major(t, time_major):
@@ -175,7 +211,9 @@ def _time_steps(delta, delta_bias, softplus, dtype):
     else:
         dt = torch.empty(delta.shape, dtype=dtype, device=delta.device)
         torch.add(delta, delta_bias.to(dtype), out=dt)
-    return _softplus_(dt) if softplus else dt
+    # In place (an elementwise op may write over its input): softplus(x) =
+    # log1p(exp(x)), x above 20 as is.
+    return torch.ops.aten.softplus.out(dt, 1, 20, out=dt) if softplus else dt
 
 
 def _layout(t, time_major, dtype):
@@ -212,12 +250,13 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major, sa
     uf = _dense(u, acc)
     Bf, Cf = B.to(acc).unsqueeze(3), C.to(acc).unsqueeze(3)  # (batch, L, G, 1, N)
     dt5 = dt.view(batch, L, G, dg, 1)
-    a = torch.mul(dt5, A.to(acc).view(G, dg, N)).exp_()  # (batch, L, G, dg, N)
+    a = _scratch('decays', (batch, L, G, dg, N), acc, u.device)
+    torch.mul(dt5, A.to(acc).view(G, dg, N), out=a).exp_()
     if save:
         h = torch.mul(dt5, uf.view(batch, L, G, dg, 1))
         h = h.mul_(Bf) if N == 1 else h * Bf
         _scan_time_major_(a, h)
-        y = _sum_state(h * Cf)
+        y = _contract_state(h, Cf)
     else:
         # In place: dt becomes dt * u (* B), then (N == 1) the states and the output.
         h = dt5.mul_(uf.view(batch, L, G, dg, 1))
@@ -225,7 +264,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, time_major, sa
         _scan_time_major_(a, h)
     last = h[:, L - 1].reshape(batch, dim, N).clone()
     if not save:
-        y = _sum_state(h.mul_(Cf))
+        y = h.mul_(Cf) if N == 1 else _contract_state(h, Cf)
     y = y.view(batch, L, dim)
     if D is not None:
         y.addcmul_(uf, D.to(acc))
@@ -246,7 +285,11 @@ def fake_residuals(u, A, time_major):
 def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, dt, h, delta_softplus, time_major):
     """Backend entry: the gradients from the kept time steps ``dt`` and states ``h``
     (the decays are recomputed: one exp, cheaper than keeping them for N > 1 and
-    than recomputing the softplus)."""
+    than recomputing the softplus).
+
+    Allocates the two sequence gradients only (with N == 1; the adjoint states
+    and the decays are scratch buffers).
+    """
     acc = h.dtype
     in_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
     u, delta, z, dout = (_time_major(t, time_major) for t in (u, delta, z, dout))
@@ -257,52 +300,56 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, dt, h, delta_soft
     dg = dim // G
     h = h.view(batch, L, G, dg, N)
     A_ = A.to(acc).view(G, dg, N)
-    a = torch.mul(dt.view(batch, L, G, dg, 1), A_).exp_()  # the decays
-    Bf, Cf = B.to(acc).unsqueeze(3), C.to(acc).unsqueeze(3)
+    Bf, Cf = B.to(acc).unsqueeze(3), C.to(acc).unsqueeze(3)  # (batch, L, G, 1, N)
     uf = _dense(u, acc)
     dy = _dense(dout, acc, fresh=z is not None)  # overwritten below only with z
     dz = dD = ddelta_bias = None
     if z is not None:
         zf = _dense(z, acc)
         sig = torch.sigmoid(zf)
-        y = _sum_state(h * Cf).view(batch, L, dim)
+        y = _contract_state(h, Cf).view(batch, L, dim)
         if D is not None:
             y.addcmul_(uf, D.to(acc))
         # d silu(z) / dz = sig * (1 + z * (1 - sig))
         dz = y.mul_(dy).mul_(sig).mul_(zf * (1 - sig) + 1)
         dy.mul_(zf * sig)
     if D is not None:
-        dD = (dy * uf).sum((0, 1))
-    # Scratch for the products that are reduced right away (on CPU each fresh
-    # large buffer costs page faults).
-    tmp = torch.empty_like(h)
+        dD = _sum_products(dy, uf)
     dy5 = dy.view(batch, L, G, dg, 1)
-    dC = torch.mul(h, dy5, out=tmp).sum(3)  # (batch, L, G, N)
-    g = dy5 * Cf  # dL/dh through the outputs
+    dC = _contract_dim(h, dy5)  # (batch, L, G, N)
+    g = torch.mul(dy5, Cf, out=_scratch('adjoint', (batch, L, G, dg, N), acc, h.device))
     if dlast is not None:
         g[:, L - 1] += dlast.to(acc).view(batch, G, dg, N)
+    dt5 = dt.view(batch, L, G, dg, 1)
+    a = _scratch('decays', (batch, L, G, dg, N), acc, h.device)
+    torch.mul(dt5, A_, out=a).exp_()  # the decays
     _scan_backward_time_major_(a, g)  # adjoint states = dL/dx, x = dt * u * B
-    dt5, u5 = dt.view(batch, L, G, dg, 1), uf.view(batch, L, G, dg, 1)
-    dB = torch.mul(g, dt5, out=tmp).mul_(u5).sum(3)
-    ddu = _sum_state(g * Bf)  # dL/d(dt * u), (batch, L, G, dg)
-    # dL/d(dt * A) = g_l * a_l * h_{l-1}, in place over g.
-    g[:, 1:].mul_(h[:, :-1])
-    g[:, 0].zero_()
-    g.mul_(a)
-    dA = torch.mul(g, dt5, out=tmp).sum((0, 1)).view(dim, N)
-    del tmp
-    ddt = _sum_state(g.mul_(A_))
-    ddt.addcmul_(ddu, u5.squeeze(-1))
-    du = ddu.mul_(dt5.squeeze(-1)).view(batch, L, dim)
+    # x = dt * u * B: dB from (dt * u), which then leaves its buffer to du.
+    du = torch.mul(dt, uf)
+    dB = _contract_dim(g, du.view(batch, L, G, dg, 1))
+    ddt = _contract_state(g, Bf).view(batch, L, dim)  # dL/d(dt * u)
+    torch.mul(ddt, dt, out=du)
     if D is not None:
         du.addcmul_(dy, D.to(acc))
-    ddt = ddt.view(batch, L, dim)
+    ddt.mul_(uf)
+    # Through the decays a = exp(dt * A): d(dt * A) = g_l * a_l * h_{l-1}.
+    ah = a  # a_l * h_{l-1}, in place
+    ah[:, 1:].mul_(h[:, :-1])
+    ah[:, 0].zero_()
+    dA = _sum_products(g, ah, dt5).view(dim, N)
+    if N == 1:
+        ddt.addcmul_(g.view(batch, L, dim), ah.mul_(A_).view(batch, L, dim))
+    else:
+        ddt.add_(g.mul_(ah).mul_(A_).sum(-1).view(batch, L, dim))
+    del g
     if delta_softplus:
-        # d softplus(x) / dx = sigmoid(x) = 1 - exp(-softplus(x)), from dt in place
-        # (x = delta + delta_bias; expm1 keeps it exact where dt is tiny).
-        # The decays' buffer is free now; for N == 1 it holds the result.
-        sig = torch.neg(dt, out=a.view(batch, L, dim)) if N == 1 else torch.neg(dt)
-        ddt.mul_(sig.expm1_().neg_())
+        # d softplus(x) / dx = sigmoid(x), x = delta + delta_bias, in the decays' buffer.
+        x = a.view(-1)[:batch * L * dim].view(batch, L, dim)
+        if delta_bias is None:
+            x.copy_(delta)
+        else:
+            torch.add(delta, delta_bias.to(acc), out=x)
+        ddt.mul_(x.sigmoid_())
     if delta_bias is not None:
         ddelta_bias = ddt.sum((0, 1))
     grads = (_layout(du, time_major, in_dtypes[0]), _layout(ddt, time_major, in_dtypes[1]),
