@@ -176,6 +176,28 @@ def test_cpu_peak_memory_counts_what_a_step_adds():
     assert 60 * 2**20 < peak < 72 * 2**20
 
 
+def test_peak_memory_counts_buffers_kept_between_steps(monkeypatch):
+    """A point's peak memory is its first step at the size, so memory that an operator
+    keeps between calls (like the scan's scratch buffers) counts at every size."""
+    kept = {}
+
+    class KeepsScratch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            n = x.numel() * 64  # floats: 48 MiB at 256x256
+            if 'buf' not in kept or kept['buf'].numel() < n:
+                kept['buf'] = torch.ones(n)
+            return (x * self.w,)
+
+    monkeypatch.setattr(bench, 'build_model', lambda name: KeepsScratch())
+    res = bench.run_point('VMamba-T', 256, 'inference', reps=1, warmup=1, device='cpu')
+    want = 3 * 256 * 256 * 64 * 4
+    assert want - 2**20 < res['peak_mem_bytes'] < want + 16 * 2**20
+
+
 def test_growth_factors_and_goal_verdict():
     sizes = [256, 512, 1024]
     pts = lambda per_pixel, exp: {str(s): dict(time_s=per_pixel * s**exp, peak_mem_bytes=s * s)  # noqa: E731

@@ -313,6 +313,30 @@ def test_torch_backend_scratch_memory_is_private(monkeypatch):
             assert torch.equal(t, t0), f'thread {i} round {rep}: results differ'
 
 
+@pytest.mark.parametrize('shape,inner_b', [((2, 3001, 4, 24, 1), (4, 24, 1)),
+                                           ((1, 7, 1, 96, 16), (1, 96, 1)),
+                                           ((3, 5, 2, 3, 4), (2, 3, 4))])
+def test_torch_backend_blocked_sums(shape, inner_b):
+    """The torch backend's sums of products over (batch, L), taken block by block in a
+    small buffer on CPU, against the float64 product summed in one go (row counts that
+    are not a multiple of the block, broadcast inner dims); on another device (meta
+    here) the one-go path gives the same shape."""
+    import importlib
+    chunked = importlib.import_module('vmamba_mm.ops.selective_scan.chunked')
+    gen = torch.Generator().manual_seed(sum(shape))
+    x, y = (torch.randn(shape, generator=gen) for _ in range(2))
+    w = torch.randn(shape[:2] + inner_b, generator=gen)
+    got = chunked._sum_products(x, y, w)
+    exact = (x.double() * y.double() * w.double()).sum((0, 1))
+    assert got.shape == exact.shape
+    assert torch.allclose(got.double(), exact, rtol=1e-5, atol=1e-4 * exact.abs().max())
+    exact2 = (x.double() * y.double()).sum((0, 1))
+    assert torch.allclose(chunked._sum_products(x, y).double(), exact2, rtol=1e-5,
+                          atol=1e-4 * exact2.abs().max())
+    meta = chunked._sum_products(x.to('meta'), y.to('meta'), w.to('meta'))
+    assert meta.shape == exact.shape
+
+
 def test_reference_gradcheck():
     inputs = make_inputs(1, 4, 5, 3, 2, z=True, D=True, delta_bias=True, softplus=True)
     names = [k for k, v in inputs.items() if v is not None]

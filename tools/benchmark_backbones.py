@@ -42,6 +42,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # a checkout
+from vmamba_mm.benchmark import cpu_name, package_versions  # noqa: E402
 
 TARGETS = {'inference': 1.40, 'train': 1.50}
 COMPILED_TARGETS = {'inference': 1.0}
@@ -76,34 +77,20 @@ def make_tasks(model, infer_shape, train_shape):
     return {'inference': inference, 'train': train}
 
 
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions():
-    out = {'python': platform.python_version(), 'torch': torch.__version__}
-    for name in ('mmcv', 'mmengine', 'mmdet', 'vmamba_mm'):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception as e:  # noqa: BLE001  (recorded, not fatal)
-            out[name] = f'unavailable: {type(e).__name__}'
-    return out
-
-
 def compile_models(models):
-    """``torch.compile``d copies (inductor) compiling from an empty cache."""
+    """``torch.compile``d copies (inductor, static shapes) compiling from an empty cache.
+
+    ``dynamic=False``: each input shape gets its own graph. With dynamo's default
+    the second shape (batch 2 for training after batch 1 for inference) recompiles
+    the whole model with symbolic shapes, whose simplification took more than 15
+    minutes for VMamba-T on this machine.
+    """
     os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor_cold_')
     import torch._inductor.config as inductor_config
     inductor_config.fx_graph_cache = False
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
-    return {f'{name} (compiled)': torch.compile(model) for name, model in models.items()}
+    return {f'{name} (compiled)': torch.compile(model, dynamic=False)
+            for name, model in models.items()}
 
 
 def main(argv=None):
@@ -182,7 +169,7 @@ def main(argv=None):
         'device': {'cpu': cpu_name(), 'torch_threads': torch.get_num_threads(),
                    'os_cpus': os.cpu_count(), 'platform': platform.platform(),
                    'load_avg_1_5_15min_at_end': os.getloadavg()},
-        'versions': versions(),
+        'versions': package_versions(('torch', 'mmcv', 'mmengine', 'mmdet', 'vmamba_mm')),
         'scan_backend': os.environ.get('VMAMBA_MM_SCAN_BACKEND') or 'auto (torch on CPU)',
         'malloc_env': {k: v for k, v in os.environ.items()
                        if k.startswith('MALLOC_') or k == 'LD_PRELOAD'},

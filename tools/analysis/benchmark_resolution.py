@@ -1,9 +1,10 @@
 """Time and peak memory against input size: VMamba-T, Vim-Ti, Swin-T, DeiT-Ti.
 
 Batch 1, square inputs, random weights. For every (model, size, task) point a
-fresh Python process builds the backbone, runs ``--warmup`` untimed steps, then
-``--reps`` timed ones (the median is reported), then one more step for the peak
-memory:
+fresh Python process builds the backbone, runs one step at 32x32 (the one-time
+initialisation of libraries and thread pools), then the first step at the size,
+which measures the peak memory, then ``--warmup`` untimed steps and ``--reps``
+timed ones (the median is reported):
 
 * inference: eval mode, ``torch.no_grad()`` forward;
 * train: train mode, forward + backward of the sum of the outputs' means
@@ -14,7 +15,11 @@ Swin-T (the same four stages); Vim-Ti (ours) against mmpretrain's DeiT-Ti, both
 as their ImageNet classification backbones (all blocks, class token, final norm;
 the position embedding resized to the input), the comparison of the Vim paper.
 
-Peak memory, what one step adds on top of the model and its input:
+Peak memory, what one step adds on top of the model and its input. Being the
+first step at the size, it counts the buffers that operators keep between calls
+too (the selective scan's scratch memory, kept up to a size limit: measured
+after other steps at the size, such a buffer would count as already there below
+the limit and as the step's above it):
 
 * CPU: glibc's ``malloc_trim(0)`` first (the freed memory that malloc keeps from
   the earlier steps goes back to the kernel, so the resident size is the live
@@ -55,12 +60,14 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)  # run from a checkout
+from vmamba_mm.benchmark import cpu_name, package_versions  # noqa: E402
 
 MODELS = ('VMamba-T', 'Vim-Ti', 'Swin-T', 'DeiT-Ti')
 OURS = ('VMamba-T', 'Vim-Ti')
 TASKS = ('inference', 'train')
 SIZES = {'cpu': (224, 384, 512, 768, 1024), 'cuda': (224, 384, 512, 640, 768, 1024, 1248)}
 SMOKE_SIZES = (32, 64)
+INIT_SIZE = 32  # the one-time initialisation step
 GOAL_FROM = 512
 GOAL_FACTOR = 1.1
 
@@ -149,17 +156,19 @@ def peak_memory(step, device):
 
 
 def run_point(name, size, task, reps, warmup, device):
-    """One point, in this process: build, warm up, time, measure; a JSON-able dict."""
+    """One point, in this process: build, initialise at 32x32, measure the peak
+    memory of the first step at ``size``, warm up, time; a JSON-able dict."""
     torch.manual_seed(0)
     device = torch.device(device)
     model = build_model(name).to(device)
+    make_step(model, torch.randn(1, 3, INIT_SIZE, INIT_SIZE, device=device), task)()
     x = torch.randn(1, 3, size, size, device=device)
     step = make_step(model, x, task)
+    peak = peak_memory(step, device)
     for _ in range(warmup):
         step()
     times = [timed(step, device) for _ in range(reps)]
-    return dict(time_s=statistics.median(times), times_s=times,
-                peak_mem_bytes=peak_memory(step, device),
+    return dict(time_s=statistics.median(times), times_s=times, peak_mem_bytes=peak,
                 params=sum(p.numel() for p in model.parameters()))
 
 
@@ -208,25 +217,10 @@ def summarise(record):
     record['goal']['result'] = verdict
 
 
-def versions():
-    out = {'python': platform.python_version(), 'torch': torch.__version__}
-    for name in ('mmengine', 'mmcv', 'mmdet', 'mmpretrain', 'vmamba_mm'):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception as e:  # noqa: BLE001  (recorded, not fatal)
-            out[name] = f'unavailable: {type(e).__name__}'
-    return out
-
-
 def device_info(device):
     info = dict(type=device, torch_threads=torch.get_num_threads(), os_cpus=os.cpu_count(),
                 platform=platform.platform())
-    try:
-        with open('/proc/cpuinfo') as f:
-            info['cpu'] = next(line.split(':', 1)[1].strip() for line in f
-                               if line.startswith('model name'))
-    except (OSError, StopIteration):
-        info['cpu'] = platform.processor() or platform.machine()
+    info['cpu'] = cpu_name()
     if device == 'cuda':
         info.update(gpu=torch.cuda.get_device_name(0),
                     allow_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
@@ -339,15 +333,17 @@ def main(argv=None):
     anchor = next((s for s in args.sizes if s >= GOAL_FROM), args.sizes[0])
     record = dict(
         tool='tools/analysis/benchmark_resolution.py', command=' '.join(sys.argv),
-        device=device_info(args.device), versions=versions(),
+        device=device_info(args.device),
+        versions=package_versions(('torch', 'mmengine', 'mmcv', 'mmdet', 'mmpretrain',
+                                   'vmamba_mm')),
         scan_backend=os.environ.get('VMAMBA_MM_SCAN_BACKEND') or 'auto',
         load_avg_1_5_15min_at_start=os.getloadavg(), batch=1, sizes=args.sizes,
         reps=args.reps, warmup=args.warmup, timing='median of the timed steps, seconds',
-        peak_memory=('CPU: one step after the timed ones: malloc_trim(0), VmHWM reset through '
-                     '/proc/self/clear_refs, then VmHWM after the step minus VmRSS before it; '
-                     'fresh process per point' if args.device == 'cpu' else
-                     'CUDA: one step after the timed ones: max_memory_allocated (reset before) '
-                     'minus memory_allocated before the step'),
+        peak_memory=('first step at the size (after one at 32x32); ' + (
+            'CPU: malloc_trim(0), VmHWM reset through /proc/self/clear_refs, then VmHWM '
+            'after the step minus VmRSS before it; fresh process per point'
+            if args.device == 'cpu' else
+            'CUDA: max_memory_allocated (reset before) minus memory_allocated before the step')),
         goal=dict(statement=f'from {GOAL_FROM}^2 up, time and memory of VMamba-T and Vim-Ti grow '
                   f'by at most {GOAL_FACTOR}x the pixel ratio', from_size=anchor,
                   factor=GOAL_FACTOR),

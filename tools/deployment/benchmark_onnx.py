@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from vmamba_mm.benchmark import cpu_name, package_versions  # noqa: E402
 from vmamba_mm.deploy import (build_model, example_input, export_onnx,  # noqa: E402
                               session_options, verify_onnx)
 from vmamba_mm.runner import load_config  # noqa: E402
@@ -37,28 +38,6 @@ from mmengine.logging import MMLogger  # noqa: E402
 MODELS = {'VMamba-T': 'configs/vmamba_t_in1k_cls.py', 'Vim-Ti': 'configs/vim_ti_in1k_cls.py'}
 GOALS = {'export_s_VMamba-T': 60.0, 'ratio_onnxruntime_over_eager': 1.0}
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions():
-    out = {'python': platform.python_version()}
-    for name in ('torch', 'onnx', 'onnxscript', 'onnxruntime', 'mmengine', 'mmpretrain',
-                 'vmamba_mm'):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception as e:  # noqa: BLE001  (recorded, not fatal)
-            out[name] = f'unavailable: {type(e).__name__}'
-    return out
 
 
 def bench_model(name, config, size, work_dir, rounds, warmup, threads):
@@ -129,7 +108,8 @@ def main(argv=None):
         'device': {'cpu': cpu_name(), 'threads': threads, 'os_cpus': os.cpu_count(),
                    'platform': platform.platform(), 'load_avg_1_5_15min_at_start': load_before,
                    'load_avg_1_5_15min_at_end': os.getloadavg()},
-        'versions': versions(),
+        'versions': package_versions(('torch', 'onnx', 'onnxscript', 'onnxruntime', 'mmengine',
+                                      'mmpretrain', 'vmamba_mm')),
         'input_shape': [1, 3, args.size, args.size],
         'rounds': args.rounds, 'warmup': args.warmup,
         'models': results,

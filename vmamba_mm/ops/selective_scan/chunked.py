@@ -169,8 +169,15 @@ def _contract_dim(h, v):
 
 def _sum_products(*xs):
     """sum over the leading (batch, L) dims of the product of the (broadcastable,
-    contiguous) ``xs``, in blocks of rows: the product lives in a small scratch
-    buffer that stays in cache, instead of a full-size temporary."""
+    contiguous) ``xs``. On CPU in blocks of rows: the product lives in a small
+    scratch buffer that stays in cache, instead of a full-size temporary (on a
+    GPU, where allocation is cheap and each block would be kernel launches, in
+    one go)."""
+    if xs[0].device.type != 'cpu':
+        prod = xs[0] * xs[1]
+        for x in xs[2:]:
+            prod.mul_(x)
+        return prod.sum((0, 1))
     shape = torch.broadcast_shapes(*(x.shape for x in xs))
     rows, inner = shape[0] * shape[1], shape[2:]
     xs = [x.flatten(0, 1) for x in xs]  # views: each x has the (batch, L) dims
