@@ -52,7 +52,7 @@ NUM_RESIDUALS = 2
 # memory back to the kernel, about as much as the arithmetic on it (README,
 # Benchmarks). At most two buffers (the decays and the adjoint states), each
 # kept only up to SCRATCH_LIMIT_BYTES; larger ones are allocated per call.
-SCRATCH_LIMIT_BYTES = 128 << 20
+SCRATCH_LIMIT_BYTES = 512 << 20
 _scratch_buffers = threading.local()
 
 
