@@ -24,7 +24,6 @@ otherwise.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from vmamba_mm.benchmark import cpu_name, package_versions  # noqa: E402
 from vmamba_mm.ops import selective_scan  # noqa: E402
 
 # name: (dim, L, N, G, z). VMamba-T at 224^2: 4 directions folded into dim with
@@ -173,18 +173,15 @@ def copy_bandwidth(device):
 
 
 def versions():
-    info = dict(python=platform.python_version(), torch=torch.__version__)
+    return package_versions(('torch', 'triton', 'mamba_ssm'))
+
+
+def have_mamba_ssm():
     try:
-        import triton
-        info['triton'] = triton.__version__
-    except ImportError:
-        info['triton'] = None
-    try:
-        import mamba_ssm
-        info['mamba_ssm'] = mamba_ssm.__version__
-    except ImportError:
-        info['mamba_ssm'] = None
-    return info
+        import mamba_ssm  # noqa: F401
+    except Exception:  # noqa: BLE001  (any import failure: not benchmarked)
+        return False
+    return True
 
 
 def main(argv=None):
@@ -217,7 +214,7 @@ def main(argv=None):
         backends = args.backends.split(',')
     elif device.type == 'cuda':
         backends = ['triton', 'torch']
-        if versions()['mamba_ssm']:
+        if have_mamba_ssm():
             backends.append('mamba_ssm')
     else:
         backends = ['torch', 'reference', 'official_loop']
@@ -225,8 +222,7 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     elem = torch.finfo(dtype).bits // 8
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
-        platform.processor() or platform.machine())
+    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()
     report = dict(device=dev_name, device_type=device.type, versions=versions(),
                   threads=thread_counts, cpu_count=os.cpu_count(),
                   load_average_at_start=os.getloadavg(), dtype=args.dtype, batch=args.batch,
