@@ -45,14 +45,45 @@ class SafeRunner(Runner):
       (torch 2.13: ``InternalTorchDynamoError: 'UserDefinedDictVariable' object
       has no attribute 'items'``), and the step is elementwise work that
       compilation would not speed up much.
+    - **compile=dict(module='backbone', ...)** compiles only that submodule's
+      ``forward`` (a dotted attribute path of the model; the other keys go to
+      ``torch.compile``), for detectors, whose heads change shapes with every
+      batch (numbers of boxes, masks) and recompile without end. Parameter
+      names and checkpoints are unchanged.
     """
 
     def _maybe_compile(self, target):
+        cfg = self.cfg.get('compile', None)
+        if isinstance(cfg, dict) and 'module' in cfg:
+            if target == 'train_step':
+                self._compile_module(dict(cfg))
+            return
         super()._maybe_compile(target)
-        if target == 'train_step' and self.cfg.get('compile', None):
+        if target == 'train_step' and cfg:
             import torch
             wrapper = self.optim_wrapper
             wrapper.update_params = torch.compiler.disable(wrapper.update_params)
+
+    def _compile_module(self, cfg):
+        """``compile=dict(module='backbone', **torch_compile_kwargs)``: compile the
+        ``forward`` of that submodule of the (unwrapped) model in place."""
+        import torch
+        from mmengine.model import is_model_wrapper
+        path = cfg.pop('module')
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        module = model
+        for name in str(path).split('.'):
+            if not isinstance(module, torch.nn.Module) or not hasattr(module, name):
+                children = ', '.join(n for n, _ in model.named_children())
+                raise ValueError(f'compile.module={path!r}: {type(model).__name__} has no '
+                                 f'submodule {path!r} (its submodules: {children})')
+            module = getattr(module, name)
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(f'compile.module={path!r} is a {type(module).__name__}, '
+                             f'not a torch.nn.Module')
+        module.forward = torch.compile(module.forward, **cfg)
+        self.logger.info(f'model.{path} ({type(module).__name__}) has been compiled '
+                         f'(torch.compile options {cfg}); the first iterations will be slow.')
 
     def build_dataloader(self, dataloader, seed=None, diff_rank_seed=False):
         """As :meth:`Runner.build_dataloader`, with the dataset checked: a dataset
