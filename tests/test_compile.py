@@ -201,7 +201,7 @@ def test_runner_compile_trains_the_seg_demo(tmp_path):
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
 
 
-def _toy_detector_config(tmp_path, compile_cfg, depths=(1, 1, 1, 1)):
+def _toy_detector_config(tmp_path, compile_cfg):
     """A config file: the toy VMamba Mask R-CNN on 4 generated images (2 iterations
     of batch 2), inputs padded to one fixed size, ``compile`` as given."""
     import os
@@ -214,7 +214,7 @@ def _toy_detector_config(tmp_path, compile_cfg, depths=(1, 1, 1, 1)):
     cfg.write_text(f"""_base_ = [{base!r}]
 data_root = {str(data) + '/'!r}
 model = dict(
-    backbone=dict(arch=dict(depths={depths!r})),
+    backbone=dict(arch=dict(depths=(1, 1, 1, 1))),
     data_preprocessor=dict(batch_augments=[
         dict(type='BatchFixedSizePad', size=(224, 224), pad_mask=True)]))
 train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))

@@ -172,18 +172,6 @@ def copy_bandwidth(device):
     return 2 * x.numel() / (best * 1e-3) / 1e9
 
 
-def versions():
-    return package_versions(('torch', 'triton', 'mamba_ssm'))
-
-
-def have_mamba_ssm():
-    try:
-        import mamba_ssm  # noqa: F401
-    except Exception:  # noqa: BLE001  (any import failure: not benchmarked)
-        return False
-    return True
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--shapes', default=','.join(SHAPES),
@@ -210,11 +198,12 @@ def main(argv=None):
     unknown = [s for s in names if s not in SHAPES]
     if unknown:
         parser.error(f'unknown shapes {unknown}; choose from {list(SHAPES)}')
+    versions = package_versions(('torch', 'triton', 'mamba_ssm'))
     if args.backends:
         backends = args.backends.split(',')
     elif device.type == 'cuda':
         backends = ['triton', 'torch']
-        if have_mamba_ssm():
+        if not versions['mamba_ssm'].startswith('unavailable'):
             backends.append('mamba_ssm')
     else:
         backends = ['torch', 'reference', 'official_loop']
@@ -223,7 +212,7 @@ def main(argv=None):
     elem = torch.finfo(dtype).bits // 8
 
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()
-    report = dict(device=dev_name, device_type=device.type, versions=versions(),
+    report = dict(device=dev_name, device_type=device.type, versions=versions,
                   threads=thread_counts, cpu_count=os.cpu_count(),
                   load_average_at_start=os.getloadavg(), dtype=args.dtype, batch=args.batch,
                   timing='ms: best and median of `reps` runs after 1 warm-up',

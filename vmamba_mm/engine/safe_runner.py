@@ -71,16 +71,12 @@ class SafeRunner(Runner):
         from mmengine.model import is_model_wrapper
         path = cfg.pop('module')
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        module = model
-        for name in str(path).split('.'):
-            if not isinstance(module, torch.nn.Module) or not hasattr(module, name):
-                children = ', '.join(n for n, _ in model.named_children())
-                raise ValueError(f'compile.module={path!r}: {type(model).__name__} has no '
-                                 f'submodule {path!r} (its submodules: {children})')
-            module = getattr(module, name)
-        if not isinstance(module, torch.nn.Module):
-            raise ValueError(f'compile.module={path!r} is a {type(module).__name__}, '
-                             f'not a torch.nn.Module')
+        try:
+            module = model.get_submodule(str(path))
+        except AttributeError:
+            children = ', '.join(n for n, _ in model.named_children())
+            raise ValueError(f'compile.module={path!r}: {type(model).__name__} has no '
+                             f'submodule {path!r} (its submodules: {children})') from None
         module.forward = torch.compile(module.forward, **cfg)
         self.logger.info(f'model.{path} ({type(module).__name__}) has been compiled '
                          f'(torch.compile options {cfg}); the first iterations will be slow.')
