@@ -1,7 +1,7 @@
 """Packaging of vmamba_mm. Every version requirement comes from a requirements file.
 
 * ``install_requires``: ``requirements-runtime.txt`` (what ``vmamba_mm`` itself
-  imports, with its true lower bound: torch; ``vmamba_mm.ops`` needs nothing else).
+  needs: torch, with its true lower bound, and ninja, which builds the C++ CPU scan).
 * extra ``mm``: ``requirements.txt``, the tested OpenMMLab stack with its pins
   (``pip install -e .[mm]``; mmcv 2.1.0 has no wheels: ``tools/setup_env.sh``
   installs the stack in the order that builds it).
@@ -57,6 +57,8 @@ setup(
     long_description=read('README.md'),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['vmamba_mm', 'vmamba_mm.*']),
+    # the C++ CPU selective scan, compiled on the user's machine on first use
+    package_data={'vmamba_mm.ops.selective_scan': ['csrc/*.cpp']},
     python_requires='>=3.9',
     install_requires=parse_requirements('requirements-runtime.txt'),
     extras_require={

@@ -35,8 +35,12 @@ def test_setup_reads_the_requirements_files(setup_kwargs):
     import vmamba_mm
     runtime = requirement_lines('requirements-runtime.txt')
     assert setup_kwargs['install_requires'] == runtime
-    # vmamba_mm itself needs torch only, with a lower bound (not the tested pin).
-    assert len(runtime) == 1 and re.fullmatch(r'torch>=\d+\.\d+', runtime[0])
+    # vmamba_mm itself needs torch, with a lower bound (not the tested pin), and ninja
+    # (torch.utils.cpp_extension builds the C++ CPU scan with it).
+    assert len(runtime) == 2 and re.fullmatch(r'torch>=\d+\.\d+', runtime[0])
+    assert runtime[1] == 'ninja'
+    # The C++ source ships with the package (built on first use where it is installed).
+    assert setup_kwargs['package_data'] == {'vmamba_mm.ops.selective_scan': ['csrc/*.cpp']}
     assert setup_kwargs['extras_require'] == {'mm': requirement_lines('requirements.txt'),
                                               'deploy': requirement_lines('requirements-deploy.txt')}
     assert 'mmcv==2.1.0' in setup_kwargs['extras_require']['mm']

@@ -173,7 +173,7 @@ TOL = {torch.float64: (1e-9, 1e-10), torch.float32: (1e-4, 1e-5)}
 @pytest.mark.parametrize('contiguous', [True, False], ids=['contiguous', 'strided'])
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=['f64', 'f32'])
-@pytest.mark.parametrize('backend', ['reference', 'torch'])
+@pytest.mark.parametrize('backend', ['reference', 'torch', 'cpu'])
 @pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
 def test_backend_matches_reference(case, backend, dtype, layout, contiguous):
     """Output, last state and every gradient against the loop (float64 autograd)."""
@@ -205,7 +205,7 @@ def test_triton_backend_matches_reference(case, layout):
 @pytest.mark.parametrize('dtype,rtol,atol', [(torch.float32, 1e-4, 1e-5),
                                              (torch.float16, 1e-2, 2e-3),
                                              (torch.bfloat16, 4e-2, 2e-2)])
-@pytest.mark.parametrize('backend', ['torch', 'triton'])
+@pytest.mark.parametrize('backend', ['torch', 'cpu', 'triton'])
 def test_low_precision_inputs(backend, dtype, rtol, atol):
     """Inputs in fp32/fp16/bf16 (A stays fp32, as in the models); fp32 state inside."""
     if backend == 'triton' and not has_triton():
@@ -243,7 +243,7 @@ def test_torch_backend_without_grad_matches_reference(N, G, z, layout):
     assert_close('last_state', last, ref_last, 1e-9, 1e-10)
 
 
-@pytest.mark.parametrize('backend', ['reference', 'torch'])
+@pytest.mark.parametrize('backend', ['reference', 'torch', 'cpu'])
 def test_backward_twice(backend):
     """Saved tensors are never modified in place: a second backward gives the same grads."""
     inputs = make_inputs(2, 8, 50, 16, 1, z=True, D=True, delta_bias=True, softplus=True)
@@ -380,12 +380,12 @@ def test_reference_matches_explicit_formula():
     assert torch.allclose(last[0], h, atol=1e-12)
 
 
-@pytest.mark.parametrize('backend', ['torch', 'triton'])
+@pytest.mark.parametrize('backend', ['torch', 'cpu', 'triton'])
 def test_strong_decay_is_finite(backend):
     """Documented assumption: delta * A <= 0. Huge |A| makes decays underflow to 0, never NaN/inf."""
     if backend == 'triton' and not has_triton():
         pytest.skip('triton not installed')
-    dtype = torch.float64 if backend == 'torch' else torch.float32
+    dtype = torch.float32 if backend == 'triton' else torch.float64
     inputs = make_inputs(1, 4, 70, 4, 1, delta_bias=True, softplus=True, dtype=dtype)
     with torch.no_grad():
         inputs['A'].copy_(-torch.logspace(-2, 4, 16).view(4, 4))
@@ -396,14 +396,15 @@ def test_strong_decay_is_finite(backend):
     compare(got, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-5)
 
 
-def test_positive_decay_follows_reference():
+@pytest.mark.parametrize('backend', ['torch', 'cpu'])
+def test_positive_decay_follows_reference(backend):
     """delta * A > 0 (outside the models' range): the state grows like in the reference."""
     inputs = make_inputs(1, 4, 40, 2, 1)
     with torch.no_grad():
         inputs['A'].abs_().mul_(0.1)
     ref = run(inputs, 'naive', False, True)
     assert ref[1].abs().max() > 1  # really growing
-    compare(run(inputs, 'torch', False, True, layout='time_major'), ref, rtol=1e-9, atol=1e-10)
+    compare(run(inputs, backend, False, True, layout='time_major'), ref, rtol=1e-9, atol=1e-10)
 
 
 def test_matches_softplus_delta_semantics():
@@ -428,7 +429,7 @@ def _op_args(layout, requires_grad, N=3, G=2, L=9, dtype=torch.float64):
 
 @pytest.mark.parametrize('save', [True, False])
 @pytest.mark.parametrize('layout', LAYOUTS)
-@pytest.mark.parametrize('backend', ['reference', 'torch', 'triton'])
+@pytest.mark.parametrize('backend', ['reference', 'torch', 'cpu', 'triton'])
 def test_opcheck(backend, layout, save):
     """torch.library.opcheck: schema, fake (meta) implementation against the real
     one, registered autograd, and AOT dispatch with dynamic shapes."""
@@ -474,8 +475,12 @@ def test_auto_backend_and_env(monkeypatch):
     ref = selective_scan(**args, backend='reference')
     monkeypatch.delenv('VMAMBA_MM_SCAN_BACKEND', raising=False)
     assert torch.allclose(selective_scan(**args), ref, atol=1e-12)
+    from vmamba_mm.ops.backend import resolve
+    assert resolve('selective_scan', None, [args['u']], 'channel_major').name == 'cpu'
+    monkeypatch.setenv('VMAMBA_MM_SCAN_BACKEND', 'torch')
+    assert resolve('selective_scan', None, [args['u']], 'channel_major').name == 'torch'
     monkeypatch.setenv('VMAMBA_MM_SCAN_BACKEND', 'nope')
-    with pytest.raises(ValueError, match="unknown backend 'nope'.*'reference'.*'torch'.*'triton'"):
+    with pytest.raises(ValueError, match="unknown backend 'nope'.*'reference'.*'torch'.*'cpu'.*'triton'"):
         selective_scan(**args)
     # the cross-scan choice is independent
     from vmamba_mm.ops import cross_scan
@@ -536,7 +541,7 @@ def test_triton_refuses_float64_and_names_alternatives():
     if not has_triton():
         pytest.skip('triton not installed')
     with pytest.raises(TypeError, match=r"backend 'triton' takes .*got torch.float64; "
-                                        r"backends for torch.float64: \['reference', 'torch'\]"):
+                                        r"backends for torch.float64: \['reference', 'torch', 'cpu'\]"):
         selective_scan(**_good(torch.float64), backend='triton')
 
 
@@ -553,7 +558,7 @@ def test_triton_on_cpu_tensors_without_interpreter_is_a_clear_error(monkeypatch)
     from vmamba_mm.ops import cross_scan
     monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     with pytest.raises(ValueError, match=r"selective_scan: backend 'triton' does not run on cpu "
-                                         r"tensors.*backends for cpu: \['reference', 'torch'\]"):
+                                         r"tensors.*backends for cpu: \['reference', 'torch', 'cpu'\]"):
         selective_scan(**_good(torch.float32), backend='triton')
     with pytest.raises(ValueError, match="cross_scan: backend 'triton' does not run on cpu"):
         cross_scan(torch.randn(1, 2, 3, 4), backend='triton')
@@ -562,11 +567,12 @@ def test_triton_on_cpu_tensors_without_interpreter_is_a_clear_error(monkeypatch)
 def test_registry_describes_every_backend():
     from vmamba_mm.ops import backends
     table = backends()
-    assert set(table) == {'reference', 'torch', 'triton'}
+    assert set(table) == {'reference', 'torch', 'cpu', 'triton'}
     assert table['torch'].inplace_inference and not table['reference'].inplace_inference
     assert torch.float64 not in table['triton'].dtypes
+    assert table['cpu'].devices == ('cpu', ) and set(table['cpu'].modules) == {'selective_scan'}
     for b in table.values():
-        assert set(b.modules) == {'selective_scan', 'cross_scan'}
+        assert set(b.modules) <= {'selective_scan', 'cross_scan'}
         assert set(b.layouts) == {'channel_major', 'time_major'}
 
 

@@ -269,12 +269,13 @@ def test_bad_config_errors(kwargs, exc, words):
         assert w in str(info.value)
 
 
-def test_backends_give_the_same_model():
+@pytest.mark.parametrize('scan_backend', [None, 'torch'], ids=['default', 'torch'])
+def test_backends_give_the_same_model(scan_backend):
     """SS2D has one path; the per-model backend choice changes only who computes the
-    operators: the default ('torch', with autograd in training and in place under
-    no_grad) against scan_backend='reference', cross_scan_backend='reference'
-    (float64: features and every parameter gradient)."""
-    model = VMamba(SMALL_ARCH).double().eval()
+    operators: the CPU default ('cpu', the C++ kernel) and 'torch' (with autograd in
+    training and in place under no_grad) against scan_backend='reference',
+    cross_scan_backend='reference' (float64: features and every parameter gradient)."""
+    model = VMamba(SMALL_ARCH, scan_backend=scan_backend).double().eval()
     _randomise(model)
     reference = VMamba(SMALL_ARCH, scan_backend='reference',
                        cross_scan_backend='reference').double().eval()
@@ -312,7 +313,7 @@ def test_backend_choice_per_model_and_errors(monkeypatch):
     with pytest.raises(ValueError, match="unknown .*'nope'"):
         VMamba(dict(depths=(1, 1), dims=8), out_indices=(0, 1))(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"VMamba: unknown scan_backend 'trition'; choose one of "
-                                         r"\['reference', 'torch', 'triton'\]"):
+                                         r"\['cpu', 'reference', 'torch', 'triton'\]"):
         VMamba('tiny', scan_backend='trition')
     with pytest.raises(ValueError, match='VMamba: unknown cross_scan_backend'):
         VMamba('tiny', cross_scan_backend='cuda')

@@ -42,6 +42,12 @@ pinned_version() {
   esac
 }
 
+# build_cpu_scan PYTHON: build (or find in its cache) the C++ CPU selective scan for this
+# CPU's instruction set, so that the first scan does not wait for the compiler.
+build_cpu_scan() {
+  "$1" -m vmamba_mm.ops.selective_scan.cpu
+}
+
 main() {
   local CACHE VENV PY VPY stamp want
   CACHE=${VMAMBA_MM_CACHE:-$HOME/.cache/vmamba_mm}
@@ -50,8 +56,9 @@ main() {
   command -v "$PY" >/dev/null || PY=python3
 
   # Read every pin first: a broken requirements.txt stops here, before any install.
-  local torch torchvision numpy opencv setuptools mmengine mmcv_version
+  local torch torchvision numpy opencv setuptools ninja mmengine mmcv_version
   torch=$(requirement torch)
+  ninja=$(requirement ninja)
   torchvision=$(requirement torchvision)
   numpy=$(requirement numpy)
   opencv=$(requirement opencv-python)
@@ -81,12 +88,13 @@ main() {
     # The environment may be shared by several checkouts: point the editable
     # install at this one.
     "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+    build_cpu_scan "$VPY"
     echo "[setup] environment up to date ($VENV)"
     return 0
   fi
 
   echo "[setup] $torch + $torchvision (matching pair) and build tools"
-  "${PIP[@]}" install -q "$torch" "$torchvision" "$numpy" "$setuptools" wheel ninja
+  "${PIP[@]}" install -q "$torch" "$torchvision" "$numpy" "$setuptools" "$ninja" wheel
   "${PIP[@]}" install -q "$mmengine" "$opencv" "$numpy"
 
   if ! "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$mmcv_version'" 2>/dev/null; then
@@ -97,6 +105,7 @@ main() {
   echo "[setup] OpenMMLab task libraries and test tools"
   "${PIP[@]}" install -q -r "$ROOT/requirements-dev.txt"
   "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+  build_cpu_scan "$VPY"
   "$VPY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, torchvision, vmamba_mm; print('[setup] ok: torch', __import__('torch').__version__, 'mmcv', mmcv.__version__)"
   echo "$want" > "$stamp"
 }

@@ -7,17 +7,23 @@ here, each from its own choice:
 
 1. the ``backend=`` argument (models: ``scan_backend=`` / ``cross_scan_backend=``),
 2. else the operator's environment variable (:data:`ENV_VARS`),
-3. else 'triton' for CUDA tensors and 'torch' for every other device.
+3. else the device's default: 'triton' for CUDA tensors; for CPU tensors the
+   selective scan's 'cpu' (the C++ kernel, built on first use) and 'torch' for
+   cross-scan; 'torch' for every other device.
 
 An unknown name, or one that cannot run the given tensors, raises an error that
 lists the valid choices; nothing falls back silently (in particular a CUDA tensor
-never lands on a slow path without being asked to).
+never lands on a slow path without being asked to). The one fallback: where the
+C++ kernel cannot be built, the CPU default of the selective scan is 'torch',
+announced by one warning that names the cause and the fix; asking for 'cpu'
+explicitly there is an error.
 
 Adding a backend: implement the operator entry points (see ``docs/ops.md``) in a
 module and :func:`register_backend` it.
 """
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -62,13 +68,18 @@ class Backend:
         return self.name == 'triton' and device.type == 'cpu' and triton_interpreted()
 
     def implementation(self, op):
-        """The module implementing ``op`` (imported now; a clear error if it cannot be)."""
+        """The module implementing ``op`` (imported now; a clear error if it cannot be,
+        or if the module's ``load_error()`` says it cannot run here)."""
         try:
-            return importlib.import_module(self.modules[op])
+            module = importlib.import_module(self.modules[op])
         except ImportError as e:
             raise ImportError(
                 f"{op}: backend {self.name!r} needs the {self.requires or 'missing'} package "
                 f"({e}); install it or choose another backend: {_choices(op)}") from e
+        why = module.load_error() if hasattr(module, 'load_error') else None
+        if why is not None:
+            raise RuntimeError(f'{op}: {why}; backends: {_choices(op)}')
+        return module
 
 
 _REGISTRY = {}
@@ -109,6 +120,33 @@ def check_triton_device(fn, t):
                            f'(or TRITON_INTERPRET=1 to run the kernels on CPU)')
 
 
+@torch.compiler.assume_constant_result
+def _cpu_scan_default():
+    """'cpu' where the C++ scan builds (building it now if needed), else 'torch' with
+    one warning naming why (a constant for torch.compile: decided once, outside the
+    graph)."""
+    if 'cpu_scan_default' not in _DEFAULTS:
+        why = importlib.import_module('vmamba_mm.ops.selective_scan.cpu').load_error()
+        if why is not None:
+            warnings.warn(f'{why}. Falling back to the slower pure-PyTorch scan (backend '
+                          f"'torch'); set VMAMBA_MM_SCAN_BACKEND=torch to choose it explicitly "
+                          f'and silence this warning.', RuntimeWarning, stacklevel=2)
+        _DEFAULTS['cpu_scan_default'] = 'torch' if why else 'cpu'
+    return _DEFAULTS['cpu_scan_default']
+
+
+_DEFAULTS = {}
+
+
+def default_backend(op, device):
+    """The backend ``op`` runs on ``device`` when none is chosen."""
+    if device.type == 'cuda':
+        return 'triton'
+    if op == 'selective_scan' and device.type == 'cpu':
+        return _cpu_scan_default()
+    return 'torch'
+
+
 def resolve(op, backend, tensors, layout):
     """The :class:`Backend` that runs ``op`` on ``tensors`` (first one decides the device).
 
@@ -121,7 +159,7 @@ def resolve(op, backend, tensors, layout):
         raise ValueError(f'{op}: unknown layout {layout!r}; choose one of {LAYOUTS}')
     device = tensors[0].device
     env = ENV_VARS[op]
-    name = backend or os.environ.get(env) or ('triton' if device.type == 'cuda' else 'torch')
+    name = backend or os.environ.get(env) or default_backend(op, device)
     how = (f'argument backend= (models: {"scan_backend" if op == "selective_scan" else "cross_scan_backend"}=) '
            f'or environment variable {env}')
     found = backends(op).get(name)
@@ -156,6 +194,9 @@ register_backend(Backend(
               'cross_scan': 'vmamba_mm.ops.cross_scan.functions'},
     devices=('cpu', 'cuda', 'mps', 'xpu'), inplace_inference=True,
     doc='chunked PyTorch scan, any device; the CPU default'))
+register_backend(Backend(
+    'cpu', {'selective_scan': 'vmamba_mm.ops.selective_scan.cpu'},
+    devices=('cpu', ), doc='fused C++ kernel, built on first use; the CPU default'))
 register_backend(Backend(
     'triton', {'selective_scan': 'vmamba_mm.ops.selective_scan.kernels',
                'cross_scan': 'vmamba_mm.ops.cross_scan.kernels'},
