@@ -1,8 +1,9 @@
 """Benchmark the selective-scan backends on VMamba / Vim shapes.
 
 Prints a table and writes JSON (device, versions, shapes, times, GB/s, ratios).
-On CPU it compares the 'torch' (chunked) backend with two per-step loops:
-'reference' (this package's loop, ``unbind`` along L) and 'official_loop' (a
+On CPU it compares the 'cpu' backend (the C++ kernel) and the 'torch' (chunked)
+backend with two per-step loops: 'reference' (this package's loop, ``unbind``
+along L) and 'official_loop' (a
 loop written the way the official CPU fallbacks are: mamba_ssm's
 ``selective_scan_ref`` and VMamba's ``selective_scan_torch`` precompute
 ``exp(delta A)`` and ``delta B u`` as full (batch, dim, L, N) tensors and index
@@ -10,6 +11,13 @@ them at each step, so their backward is O(L^2); it is defined here, in the
 benchmark only). On CUDA it compares 'triton', 'torch' and mamba_ssm's
 ``selective_scan_fn`` when importable, and measures the device's copy
 bandwidth to report the fraction of it that the forward pass reaches.
+
+The CPU bound: each state update is one exp and two fused multiply-adds, so the
+record measures, in the same run, how many elements per second the C++ kernel's
+own vectorised exp makes on a cache-resident buffer (one thread), and reports
+the 'cpu' backend's state updates per second (batch * dim * L * N over the time)
+as a fraction of it (times the threads): ``fwd_fraction_of_exp_bound`` and
+``fwd_bwd_fraction_of_exp_bound`` (forward + backward counted as one pass).
 
 Examples::
 
@@ -44,7 +52,27 @@ SHAPES = {
     'vmamba_t_s4': (4 * 768, 7 * 7, 1, 4, False),
     'vim_s_224': (768, 14 * 14 + 1, 16, 1, True),
     'vim_ti_1248': (384, 78 * 78 + 1, 16, 1, True),
+    # as Vim's mixer calls it: both directions of Vim-Ti (2 x 384 channels, G = 2)
+    'vim_ti_224x2': (768, 14 * 14 + 1, 16, 2, True),
+    'vim_ti_1024x2': (768, 64 * 64 + 1, 16, 2, True),
 }
+
+
+def exp_bound(reps=4000, numel=4096):
+    """Elements per second of the C++ kernel's vectorised exp on a cache-resident
+    float32 buffer (one thread): best of 5."""
+    from vmamba_mm.ops.selective_scan import cpu
+    ops = cpu.load()
+    x = -torch.rand(numel)
+    ops.exp_bound(x, 10)
+    best = min(_seconds(lambda: ops.exp_bound(x, reps)) for _ in range(5))
+    return numel * reps / best
+
+
+def _seconds(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def make_inputs(batch, dim, L, N, G, z, dtype, device):
@@ -206,7 +234,7 @@ def main(argv=None):
         if not versions['mamba_ssm'].startswith('unavailable'):
             backends.append('mamba_ssm')
     else:
-        backends = ['torch', 'reference', 'official_loop']
+        backends = ['cpu', 'torch', 'reference', 'official_loop']
     reps, warmup = (1, 1) if args.quick else (args.reps, 1)
     dtype = getattr(torch, args.dtype)
     elem = torch.finfo(dtype).bits // 8
@@ -219,6 +247,14 @@ def main(argv=None):
                   reps=reps, results=[], torch_speedup=[])
     if device.type == 'cuda':
         report['copy_bandwidth_GBps'] = copy_bandwidth(device)
+    if 'cpu' in backends:
+        from vmamba_mm.ops.selective_scan import cpu
+        report['cpu_kernel'] = dict(capability=cpu.load().capability(),
+                                    float_lanes=cpu.load().vector_width(),
+                                    flags=cpu.build_flags())
+        report['exp_bound_elements_per_s_1thread'] = exp_bound()
+        print(f'exp bound: {report["exp_bound_elements_per_s_1thread"] / 1e9:.2f} G elements/s '
+              f'(1 thread, {report["cpu_kernel"]["capability"]})')
 
     header = (f'{"shape":<13}{"thr":>3} {"backend":<15}{"fwd ms":>9}{"(med)":>9}{"f+b ms":>10}{"(med)":>10}'
               f'{"fwd GB/s":>10}{"f+b GB/s":>10}')
@@ -252,6 +288,15 @@ def main(argv=None):
                        fwd_bwd_GBps=total_bytes / (fb_best * 1e-3) / 1e9 if fb else None)
             if 'copy_bandwidth_GBps' in report:
                 row['fwd_fraction_of_copy_bw'] = row['fwd_GBps'] / report['copy_bandwidth_GBps']
+            if backend == 'cpu':
+                updates = args.batch * dim * L * N
+                bound = report['exp_bound_elements_per_s_1thread'] * threads
+                row['state_updates_per_s_fwd'] = updates / (f_best * 1e-3)
+                row['fwd_fraction_of_exp_bound'] = row['state_updates_per_s_fwd'] / bound
+                if fb_best is not None:
+                    row['state_updates_per_s_fwd_bwd'] = updates / (fb_best * 1e-3)
+                    row['fwd_bwd_fraction_of_exp_bound'] = (
+                        row['state_updates_per_s_fwd_bwd'] / bound)
             row['load_average_1min'] = os.getloadavg()[0]
             rows[backend] = row
             print(f'{name:<13}{threads:>3} {backend:<15}{f_best:9.2f}{f_med:9.2f}{fmt(fb_best, 10)}'
@@ -272,6 +317,10 @@ def main(argv=None):
             print(f'{"":<17}{first} vs {other}: forward x{rows[first]["speedup_fwd"][other]:.1f}, '
                   f'forward+backward {fb_text}')
         report['results'].extend(rows.values())
+        if 'cpu' in rows:
+            r = rows['cpu']
+            print(f'{"":<17}cpu: {r["fwd_fraction_of_exp_bound"]:.0%} of the exp bound forward, '
+                  f'{r.get("fwd_bwd_fraction_of_exp_bound", float("nan")):.0%} forward+backward')
         if 'torch' in rows and len(rows) > 1:
             tr = rows['torch']
             report['torch_speedup'].append(dict(

@@ -111,7 +111,9 @@ class BidirectionalMamba(nn.Module):
         """(B, L, dim) -> (B, L, dim)."""
         batch, L, _ = x.shape
         E, N, R = self.d_inner, self.d_state, self.dt_rank
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2E, L)
+        # in_proj straight into the channel-major layout of the convolution and the
+        # scan, (B, 2E, L) contiguous: the product reads x transposed, no copy.
+        xz = torch.bmm(self.in_proj.weight.expand(batch, -1, -1), x.transpose(1, 2))
         u, z = xz.chunk(2, dim=1)
         # Stack the directions as channel groups: [forward; backward on the flipped sequence].
         u = torch.cat([u, u.flip(-1)], dim=1)
@@ -132,8 +134,10 @@ class BidirectionalMamba(nn.Module):
         y = selective_scan(u, dt, A, B.contiguous(), C.contiguous(), D=D, z=z,
                            delta_bias=dt_bias, delta_softplus=True, backend=self.scan_backend)
         y_f, y_b = y.chunk(2, dim=1)
-        y = (y_f + y_b.flip(-1)) / 2
-        return self.out_proj(y.transpose(1, 2))
+        # out_proj of the directions' mean (the 1/2 in its weight, one pass less),
+        # computed channel-major: (B, dim, L), returned as a (B, L, dim) view.
+        y = torch.matmul(self.out_proj.weight * 0.5, y_f + y_b.flip(-1))
+        return y.transpose(1, 2)
 
 
 class Block(nn.Module):

@@ -310,10 +310,20 @@ void forward_chunk(const Problem<T>& p, int64_t b, int64_t g, int64_t j, int64_t
 // (every task's chunk c, then c + 1): the rows of a chunk are shared by the run's
 // blocks, so their pages and lines are fetched once for all of them (one block at a
 // time over the whole sequence touches a new page nearly every step).
+// Tasks per thread at the least: each of about kMinWork state updates (a parallel
+// region costs more than a small scan).
+constexpr int64_t kMinWork = 1 << 15;
+
+template <typename T>
+int64_t grain(const Problem<T>& p, int64_t blocks_per_task) {
+  const int64_t work = p.L * p.N * Vec<T>::size() * blocks_per_task;
+  return std::max<int64_t>(1, ceil_div(kMinWork, std::max<int64_t>(1, work)));
+}
+
 template <typename T, int kN>
 void forward(const Problem<T>& p, T* out, T* last, T* ckpt) {
   const int64_t per_batch = p.G * p.nblk, N = p.N;
-  at::parallel_for(0, p.batch * per_batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch * per_batch, grain(p, 1), [&](int64_t begin, int64_t end) {
     std::vector<Vec<T>> buf(4 * p.chunk), states((end - begin) * N, Vec<T>(T(0)));
     for (int64_t c = 0; c < p.nck; ++c) {
       for (int64_t i = begin; i < end; ++i) {
@@ -477,7 +487,8 @@ void backward_task(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
 template <typename T, int kN>
 void backward(const Problem<T>& p, const Grads<T>& q) {
   const int64_t S = q.splits;
-  at::parallel_for(0, p.batch * p.G * S, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch * p.G * S, grain(p, ceil_div(p.nblk, S)),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t s = i % S, g = (i / S) % p.G, b = i / (S * p.G);
       backward_task<T, kN>(p, q, b, g, s, s * p.nblk / S, (s + 1) * p.nblk / S);
