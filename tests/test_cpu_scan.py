@@ -225,3 +225,40 @@ def test_cpu_backend_refuses_other_devices():
     kw = {k: v.detach() for k, v in inputs.items() if v is not None}
     with pytest.raises(ValueError, match="backend 'cpu' does not run on meta tensors"):
         selective_scan(**kw, backend='cpu')
+
+
+_OTHER_ISA_CHECK = '''
+import sys, torch
+sys.path.insert(0, 'tests')
+from vmamba_mm.ops.selective_scan import cpu
+from test_selective_scan import TOL, _reference, compare, make_inputs, run
+assert cpu.capability() == sys.argv[1], (cpu.capability(), sys.argv[1])
+assert cpu.load().capability() == sys.argv[1]
+for layout in ('channel_major', 'time_major'):
+    for dtype in (torch.float32, torch.float64):
+        inputs = make_inputs(2, 42, 2 * cpu.CHUNK + 5, 16, 2, z=True, D=True, delta_bias=True,
+                             softplus=True)
+        ref = _reference(inputs, True, True, dtype)
+        compare(run(inputs, 'cpu', True, True, cast=dtype, layout=layout), ref, *TOL[dtype])
+print('ok', cpu.load().vector_width())
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('isa,lanes', [('AVX2', 8), ('DEFAULT', 8)])
+def test_builds_for_other_instruction_sets(isa, lanes, tmp_path):
+    """The kernel as built for a CPU without AVX-512 (AVX2, e.g. an AMD EPYC) and
+    with ATen's generic vector code (any CPU), forced here through PyTorch's own
+    ATEN_CPU_CAPABILITY: its own cache entry, and the same results (a fresh process;
+    one build each, cached)."""
+    import os
+    import subprocess
+    import sys
+    if isa == 'AVX2' and 'avx2' not in open('/proc/cpuinfo').read():
+        pytest.skip('this CPU has no AVX2')
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa.lower())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, '-c', _OTHER_ISA_CHECK, isa], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[-2:] == ['ok', str(lanes)]

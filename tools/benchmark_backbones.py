@@ -42,7 +42,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # a checkout
-from vmamba_mm.benchmark import cpu_name, package_versions  # noqa: E402
+from vmamba_mm.benchmark import cpu_name, package_versions, scan_backend  # noqa: E402
 
 TARGETS = {'inference': 1.40, 'train': 1.50}
 COMPILED_TARGETS = {'inference': 1.0}
@@ -170,7 +170,7 @@ def main(argv=None):
                    'os_cpus': os.cpu_count(), 'platform': platform.platform(),
                    'load_avg_1_5_15min_at_end': os.getloadavg()},
         'versions': package_versions(('torch', 'mmcv', 'mmengine', 'mmdet', 'vmamba_mm')),
-        'scan_backend': os.environ.get('VMAMBA_MM_SCAN_BACKEND') or 'auto (torch on CPU)',
+        'scan_backend': scan_backend('cpu'),
         'malloc_env': {k: v for k, v in os.environ.items()
                        if k.startswith('MALLOC_') or k == 'LD_PRELOAD'},
         'shapes': {t: list(s) for t, s in shapes.items()},

@@ -24,3 +24,20 @@ def package_versions(names):
         except Exception as e:  # noqa: BLE001  (recorded, not fatal)
             out[name] = f'unavailable: {type(e).__name__}'
     return out
+
+
+def scan_backend(device='cpu'):
+    """The selective scan's backend a model uses on ``device`` (the environment
+    variable, else the device's default), with the C++ kernel's instruction set
+    when it is the 'cpu' backend."""
+    import os
+
+    import torch
+
+    from .ops.backend import default_backend
+    name = os.environ.get('VMAMBA_MM_SCAN_BACKEND') or default_backend(
+        'selective_scan', torch.device(device))
+    if name != 'cpu':
+        return dict(name=name)
+    from .ops.selective_scan import cpu
+    return dict(name=name, capability=cpu.load().capability(), flags=cpu.build_flags())

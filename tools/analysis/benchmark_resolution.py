@@ -60,7 +60,7 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)  # run from a checkout
-from vmamba_mm.benchmark import cpu_name, package_versions  # noqa: E402
+from vmamba_mm.benchmark import cpu_name, package_versions, scan_backend  # noqa: E402
 
 MODELS = ('VMamba-T', 'Vim-Ti', 'Swin-T', 'DeiT-Ti')
 OURS = ('VMamba-T', 'Vim-Ti')
@@ -336,7 +336,7 @@ def main(argv=None):
         device=device_info(args.device),
         versions=package_versions(('torch', 'mmengine', 'mmcv', 'mmdet', 'mmpretrain',
                                    'vmamba_mm')),
-        scan_backend=os.environ.get('VMAMBA_MM_SCAN_BACKEND') or 'auto',
+        scan_backend=scan_backend(args.device),
         load_avg_1_5_15min_at_start=os.getloadavg(), batch=1, sizes=args.sizes,
         reps=args.reps, warmup=args.warmup, timing='median of the timed steps, seconds',
         peak_memory=('first step at the size (after one at 32x32); ' + (

@@ -262,9 +262,9 @@ class Vim(BaseModule):
             official configs use SyncBN).
         with_cp (bool): gradient checkpointing per block.
         scan_backend (str, optional): backend of the selective scan ('reference',
-            'torch', 'triton'; see :mod:`vmamba_mm.ops.backend`). ``None``: the
-            environment variable ``VMAMBA_MM_SCAN_BACKEND`` if set, else 'triton'
-            for CUDA tensors and 'torch' otherwise.
+            'torch', 'cpu', 'triton'; see :mod:`vmamba_mm.ops.backend`). ``None``:
+            the environment variable ``VMAMBA_MM_SCAN_BACKEND`` if set, else
+            'triton' for CUDA tensors and 'cpu' (the C++ kernel) for CPU tensors.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
             loads an official (or our own) checkpoint with key conversion and
             position-embedding resizing; other types go to mmengine.

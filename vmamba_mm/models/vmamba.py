@@ -246,9 +246,9 @@ class VMamba(BaseModule):
             output norms. Frozen parts stay in eval mode (mmdet convention).
         with_cp (bool): Gradient checkpointing per block (saves memory).
         scan_backend (str, optional): backend of the selective scan ('reference',
-            'torch', 'triton'; see :mod:`vmamba_mm.ops.backend`). ``None``: the
-            environment variable ``VMAMBA_MM_SCAN_BACKEND`` if set, else 'triton'
-            for CUDA tensors and 'torch' otherwise.
+            'torch', 'cpu', 'triton'; see :mod:`vmamba_mm.ops.backend`). ``None``:
+            the environment variable ``VMAMBA_MM_SCAN_BACKEND`` if set, else
+            'triton' for CUDA tensors and 'cpu' (the C++ kernel) for CPU tensors.
         cross_scan_backend (str, optional): backend of cross-scan / cross-merge,
             chosen independently (``None``: ``VMAMBA_MM_CROSS_SCAN_BACKEND``, else
             the device default).

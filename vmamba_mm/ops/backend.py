@@ -193,7 +193,7 @@ register_backend(Backend(
     'torch', {'selective_scan': 'vmamba_mm.ops.selective_scan.chunked',
               'cross_scan': 'vmamba_mm.ops.cross_scan.functions'},
     devices=('cpu', 'cuda', 'mps', 'xpu'), inplace_inference=True,
-    doc='chunked PyTorch scan, any device; the CPU default'))
+    doc='chunked PyTorch scan, any device; the CPU fallback'))
 register_backend(Backend(
     'cpu', {'selective_scan': 'vmamba_mm.ops.selective_scan.cpu'},
     devices=('cpu', ), doc='fused C++ kernel, built on first use; the CPU default'))

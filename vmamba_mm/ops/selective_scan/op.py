@@ -235,10 +235,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta_softplus (bool): apply softplus to ``delta + delta_bias``.
         return_last_state (bool): also return the final state (batch, dim, N),
             float32 (float64 for float64 inputs).
-        backend (str, optional): a registered backend ('reference', 'torch',
+        backend (str, optional): a registered backend ('reference', 'torch', 'cpu',
             'triton', see :mod:`vmamba_mm.ops.backend`). ``None``: the environment
             variable ``VMAMBA_MM_SCAN_BACKEND`` if set, else 'triton' for CUDA
-            tensors and 'torch' otherwise.
+            tensors, 'cpu' (the C++ kernel; 'torch' with a warning where it
+            cannot be built) for CPU tensors and 'torch' otherwise.
         layout (str): 'channel_major' (mamba_ssm's) or 'time_major'. Inputs may
             have any strides.
 

@@ -103,6 +103,11 @@ template <typename T>
 inline Vec<T> load_seq(const T* base, const Seq& s, int64_t b, int64_t t, int64_t d0, int cnt) {
   const T* ptr = base + b * s.sb + t * s.st + d0 * s.sc;
   if (s.sc == 1) return Vec<T>::loadu(ptr, cnt);
+  using I = at::vec::int_same_size_t<T>;
+  if (cnt == Vec<T>::size() && s.sc * Vec<T>::size() < (int64_t(1) << 30)) {
+    // a hardware gather where there is one (AVX2 / AVX-512)
+    return at::vec::gather<sizeof(T)>(ptr, at::vec::Vectorized<I>::arange(I(0), I(s.sc)));
+  }
   T lanes[Vec<T>::size()];
   for (int k = 0; k < cnt; ++k) lanes[k] = ptr[k * s.sc];
   return Vec<T>::loadu(lanes, cnt);
