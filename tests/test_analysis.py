@@ -263,3 +263,21 @@ def test_benchmark_resolution_reports_a_failed_point(tmp_path, monkeypatch):
     assert saved['results']['VMamba-T']['train']['64']['error'] == 'exit status 1: MemoryError'
     assert saved['results']['VMamba-T']['train']['32']['time_s'] == 1.0
     assert saved['goal']['result']['VMamba-T'] == dict(max_factor=None, met=False)
+
+
+def test_profile_vim_layer_writes_per_operator_times(tmp_path):
+    """tools/analysis/profile_vim_layer.py: per-operator self times that add up to
+    the total, the scan's share among them, for inference and a training step."""
+    tool = load_tool('profile_vim_layer')
+    out = tmp_path / 'profile.json'
+    tool.main(['--size', '64', '--dim', '32', '--reps', '1', '--out', str(out)])
+    record = json.loads(out.read_text())
+    assert record['tokens'] == 17 and record['dim'] == 32
+    assert record['scan_backend']['name'] == 'cpu'
+    for task, op in (('inference', 'vmamba_mm_scan_cpu::scan_fwd'),
+                     ('training', 'vmamba_mm_scan_cpu::scan_bwd')):
+        t = record['tasks'][task]
+        assert op in t['per_op_ms']
+        assert abs(sum(t['per_op_ms'].values()) - t['total_ms']) < 1e-6 * max(1, t['total_ms'])
+        assert 0 < t['scan_ms'] < t['total_ms']
+        assert t['scan_fraction'] == t['scan_ms'] / t['total_ms']
