@@ -249,6 +249,7 @@ inline void state_loop(const Problem<T>& p, int64_t N, const Vec<T>* A, Vec<T>* 
     const V dti = dt[i], dtui = dtu[i];
     // Two sums of <C, h> (even and odd n): half the chain of dependent adds.
     V acc0 = Dv * us[i], acc1(T(0));
+#pragma GCC unroll 16
     for (int64_t n = 0; n < n_state; ++n) {
       const V a = exp_decay(dti * Al[n]);
       hl[n] = at::vec::fmadd(a, hl[n], dtui * V(Bt[n * sbn]));
@@ -332,6 +333,18 @@ void forward(const Problem<T>& p, T* out, T* last, T* ckpt) {
     std::vector<Vec<T>> buf(4 * p.chunk), states((end - begin) * N, Vec<T>(T(0)));
     for (int64_t c = 0; c < p.nck; ++c) {
       for (int64_t i = begin; i < end; ++i) {
+        // the rows the next task (or the first one, in the next chunk) reads
+        const bool wrap = i + 1 == end;
+        const int64_t k = wrap ? begin : i + 1, cn = wrap ? c + 1 : c;
+        if (cn < p.nck) {
+          const int64_t bk = k / per_batch, rk = k % per_batch;
+          const int64_t dk = (rk / p.nblk) * p.dg + (rk % p.nblk) * Vec<T>::size();
+          const int64_t tn = cn * p.chunk, ln = std::min(p.chunk, p.L - tn);
+          prefetch_rows(p.delta, p.sd, bk, tn, ln, dk);
+          prefetch_rows(p.u, p.su, bk, tn, ln, dk);
+          prefetch_rows(p.z, p.sz, bk, tn, ln, dk);
+          prefetch_rows(out, p.so, bk, tn, ln, dk, true);
+        }
         const int64_t b = i / per_batch, r = i % per_batch;
         forward_chunk<T, kN>(p, b, r / p.nblk, r % p.nblk, c, &states[(i - begin) * N], out,
                              last, ckpt, buf.data());
@@ -398,20 +411,20 @@ void backward_task(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
       const V bias = p.bias ? V::loadu(p.bias + d0, cnt) : V(T(0));
       const V Dv = p.D ? V::loadu(p.D + d0, cnt) : V(T(0));
       // Recompute the chunk's decays, states and y from the kept state.
-      if (c == p.nck - 1) {
-        prefetch_rows(p.delta, p.sd, b, t0, tl, d0);
-        prefetch_rows(p.u, p.su, b, t0, tl, d0);
-      }
       time_steps(p, bias, b, t0, tl, d0, cnt, dts.data(), dtus.data(), us.data());
-      if (c > 0) {  // the rows of this block's previous chunk, while this one computes
-        const int64_t tp = t0 - T_;
-        prefetch_rows(p.delta, p.sd, b, tp, T_, d0);
-        prefetch_rows(p.u, p.su, b, tp, T_, d0);
-        prefetch_rows(p.z, p.sz, b, tp, T_, d0);
-        prefetch_rows(q.dout, q.sdo, b, tp, T_, d0);
-        prefetch_rows(q.du, p.so, b, tp, T_, d0, true);
-        prefetch_rows(q.ddelta, p.so, b, tp, T_, d0, true);
-        prefetch_rows(q.dz, p.so, b, tp, T_, d0, true);
+      {  // the rows the next block (or the first block of the previous chunk) reads
+        const bool last = jb + 1 == nb;
+        if (!last || c > 0) {
+          const int64_t dn = last ? g * p.dg + j0 * W : d0 + W;
+          const int64_t tn = last ? t0 - T_ : t0, ln = last ? T_ : tl;
+          prefetch_rows(p.delta, p.sd, b, tn, ln, dn);
+          prefetch_rows(p.u, p.su, b, tn, ln, dn);
+          prefetch_rows(p.z, p.sz, b, tn, ln, dn);
+          prefetch_rows(q.dout, q.sdo, b, tn, ln, dn);
+          prefetch_rows(q.du, p.so, b, tn, ln, dn, true);
+          prefetch_rows(q.ddelta, p.so, b, tn, ln, dn, true);
+          prefetch_rows(q.dz, p.so, b, tn, ln, dn, true);
+        }
       }
       state_loop<T, kN, true>(p, N, A, h, Dv, b, g, t0, tl, d0, cnt, dts.data(), dtus.data(),
                               us.data(), ys.data(), as.data(), hs.data());
@@ -443,6 +456,7 @@ void backward_task(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
         const T* Bt = p.bptr(b, t, g);
         const T* Ct = p.cptr(b, t, g);
         V ddtu(T(0)), ddt_a(T(0));
+#pragma GCC unroll 16
         for (int64_t n = 0; n < N; ++n) {
           const V gn = at::vec::fmadd(dy, V(Ct[n * p.cs[3]]), cr[n]);
           accB[i * N + n] = at::vec::fmadd(gn, dtu, accB[i * N + n]);
