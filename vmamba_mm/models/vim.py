@@ -56,6 +56,13 @@ class RMSNorm(nn.Module):
         return x * self.weight.to(x.dtype)
 
 
+def causal_conv_silu(u, weight, bias):
+    """SiLU of the causal depthwise convolution of (B, C, L) ``u``: pad ``k - 1`` on
+    both sides, keep the first L outputs (the official ``conv1d`` + ``act``)."""
+    k = weight.shape[-1]
+    return F.silu(F.conv1d(u, weight, bias, padding=k - 1, groups=u.shape[1])[..., :u.shape[-1]])
+
+
 class BidirectionalMamba(nn.Module):
     """Mamba mixer with a forward and a backward scan ("bimamba v2", divide out).
 
@@ -120,8 +127,13 @@ class BidirectionalMamba(nn.Module):
         z = torch.cat([z, z.flip(-1)], dim=1)
         conv_w = torch.cat([self.conv1d.weight, self.conv1d_b.weight])
         conv_b = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
-        # Causal depthwise conv: pad d_conv-1 on both sides, keep the first L outputs.
-        u = F.silu(F.conv1d(u, conv_w, conv_b, padding=self.d_conv - 1, groups=2 * E)[..., :L])
+        if torch.is_grad_enabled() and (u.requires_grad or conv_w.requires_grad):
+            # Training: keep only the convolution's input for the backward, which
+            # recomputes conv + SiLU (cheap), instead of both their outputs (one
+            # (B, 2E, L) tensor less per layer).
+            u = cp.checkpoint(causal_conv_silu, u, conv_w, conv_b, use_reentrant=False)
+        else:
+            u = causal_conv_silu(u, conv_w, conv_b)
         x_proj_w = torch.stack([self.x_proj.weight, self.x_proj_b.weight])  # (2, R+2N, E)
         x_dbl = torch.matmul(x_proj_w, u.view(batch, 2, E, L))  # (B, 2, R+2N, L)
         dt, B, C = x_dbl.split([R, N, N], dim=2)
