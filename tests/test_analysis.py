@@ -1,8 +1,11 @@
 """tools/analysis/erf.py (effective receptive fields) and
-tools/analysis/benchmark_resolution.py (time / memory against input size)."""
+tools/analysis/benchmark_resolution.py (time / memory against input size),
+tools/analysis/profile_vim_layer.py and tools/analysis/demo_range.py (the demos' measured range)."""
 import importlib.util
 import json
+import os
 import os.path as osp
+import runpy
 
 import pytest
 import torch
@@ -281,3 +284,47 @@ def test_profile_vim_layer_writes_per_operator_times(tmp_path):
         assert abs(sum(t['per_op_ms'].values()) - t['total_ms']) < 1e-6 * max(1, t['total_ms'])
         assert 0 < t['scan_ms'] < t['total_ms']
         assert t['scan_fraction'] == t['scan_ms'] / t['total_ms']
+
+
+def _demo_run(root, name, seed, train_log, tests):
+    """A demo work dir as tools/demo.sh / demo_seg.sh leave it: the config the test dumped,
+    the training log (with the seed it ran with), and per test run a log with its metrics."""
+    work = root / name
+    (work / '20261206_100000').mkdir(parents=True)
+    (work / 'cfg.py').write_text('randomness = dict(seed=0)\n')  # the test's dump
+    (work / '20261206_100000' / '20261206_100000.log').write_text(
+        train_log + f'    seed: {seed}\n')
+    for sub, metrics in tests.items():
+        d = work / sub / '20261206_110000' if sub else work / '20261206_110000'
+        d.mkdir(parents=True)
+        (d / '20261206_110000.log').write_text('12/06 11:00:00 - mmengine - INFO - test\n')
+        (d / '20261206_110000.json').write_text(json.dumps(metrics))
+
+
+def test_demo_range_collects_metrics_times_and_ranges(tmp_path):
+    demo_range = runpy.run_path(osp.join(ROOT, 'tools/analysis/demo_range.py'))
+    det = {'coco/bbox_mAP': 0.4, 'coco/bbox_mAP_50': 0.6, 'coco/segm_mAP': 0.5,
+           'coco/segm_mAP_50': 0.7}
+    for k, (bbox, minutes) in enumerate([(0.4, 5), (0.25, 6)], 1):
+        _demo_run(tmp_path, f'det_run{k}', k - 1,
+                  '12/06 10:00:00 - mmengine - INFO - config\n'
+                  f'12/06 10:0{minutes}:30 - mmengine - INFO - Epoch(train) [72][12/12]\n',
+                  {'': dict(det, **{'coco/bbox_mAP': bbox})})
+    _demo_run(tmp_path, 'seg_run1', 0,
+              '2026/12/06 10:00:00 - mmengine - INFO - config\n'
+              '2026/12/06 10:01:05 - mmengine - INFO - Iter(train) [200/200]\n',
+              {'test_single_scale': {'mIoU': 89.66}, 'test_tta': {'mIoU': 90.1}})
+    out = tmp_path / 'rec.json'
+    assert demo_range['main'](['--collect', '--root', str(tmp_path), '--out', str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r['seed'] for r in rec['det_runs']] == [0, 1]
+    assert [r['train_seconds'] for r in rec['det_runs']] == [330.0, 390.0]
+    assert rec['range']['det'] == {'bbox_mAP': [0.25, 0.4], 'segm_mAP': [0.5, 0.5],
+                                   'train_seconds': [330.0, 390.0]}
+    assert rec['range']['seg'] == {'mIoU': [89.66, 89.66], 'mIoU_tta': [90.1, 90.1],
+                                   'train_seconds': [65.0, 65.0]}
+    assert rec['cores'] == os.cpu_count() and rec['cpu_model']
+    (tmp_path / 'seg_run2' / '20261206_100000').mkdir(parents=True)
+    (tmp_path / 'seg_run2' / '20261206_100000' / '20261206_100000.log').write_text('x\n')
+    with pytest.raises(FileNotFoundError, match='seg_run2: no training log'):
+        demo_range['main'](['--collect', '--root', str(tmp_path), '--out', str(out)])

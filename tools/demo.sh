@@ -4,13 +4,16 @@
 #   2. generate the toy COCO dataset (data/toy_coco) if it is missing
 #   3. train configs/demo/mask_rcnn_vmamba_toy.py (a few minutes on 2 CPU cores)
 #   4. evaluate the last checkpoint (COCO bbox + segm mAP) and draw the predictions
-# Everything goes to work_dirs/demo/ (override with WORK_DIR=...).
+# Everything goes to work_dirs/demo/ (override with WORK_DIR=...). The config fixes seed 0;
+# SEED=N trains with another seed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 CONFIG=configs/demo/mask_rcnn_vmamba_toy.py
 DATA=data/toy_coco
 WORK=${WORK_DIR:-work_dirs/demo}
+SEED_ARGS=()
+if [ -n "${SEED:-}" ]; then SEED_ARGS=(--cfg-options "randomness.seed=$SEED"); fi
 
 bash tools/setup_env.sh
 PY="$ROOT/.venv/bin/python"
@@ -21,7 +24,7 @@ if [ ! -f "$DATA/annotations/instances_val2017.json" ]; then
 fi
 
 echo "[demo] training $CONFIG -> $WORK"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
+"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" "${SEED_ARGS[@]}"
 CKPT=$(cat "$WORK/last_checkpoint")
 
 echo "[demo] evaluating $CKPT"

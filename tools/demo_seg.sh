@@ -4,6 +4,7 @@
 # and a picture (image | ground truth | prediction).
 #
 #   bash tools/demo_seg.sh            # outputs under work_dirs/upernet_vmamba_toy/
+#   WORK_DIR=work_dirs/seg2 SEED=3 bash tools/demo_seg.sh   # elsewhere, another seed (config: 0)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -11,13 +12,15 @@ bash tools/setup_env.sh
 PY="$ROOT/.venv/bin/python"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 CFG=configs/demo/upernet_vmamba_toy.py
-WORK=work_dirs/upernet_vmamba_toy
+WORK=${WORK_DIR:-work_dirs/upernet_vmamba_toy}
 DATA=data/toy_ade
 
 if [ ! -d "$DATA/images/training" ]; then
   "$PY" tools/data/make_toy_ade20k.py --out "$DATA" --num-train 40 --num-val 10 --seed 0
 fi
-"$PY" tools/train.py "$CFG" --work-dir "$WORK"
+SEED_ARGS=()
+if [ -n "${SEED:-}" ]; then SEED_ARGS=(--cfg-options "randomness.seed=$SEED"); fi
+"$PY" tools/train.py "$CFG" --work-dir "$WORK" "${SEED_ARGS[@]}"
 CKPT=$(cat "$WORK/last_checkpoint")
 echo "[demo] single-scale evaluation"
 "$PY" tools/test.py "$CFG" "$CKPT" --work-dir "$WORK/test_single_scale"
