@@ -56,6 +56,20 @@ def test_installed_torch_meets_the_lower_bound():
     assert have >= tuple(int(p) for p in bound.split('.'))
 
 
+def test_torch_older_than_2_4_is_refused_with_the_reason():
+    """On torch 2.1-2.3 (no torch.library.custom_op) the import stops with the version, the
+    reason and the fix, not an AttributeError from inside the operators."""
+    code = ('import torch\n'
+            'del torch.library.custom_op\n'
+            'torch.__version__ = "2.3.1+cu121"\n'
+            'import vmamba_mm\n')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert 'ImportError: vmamba_mm needs torch >= 2.4 and this is torch 2.3.1+cu121: its ' \
+        'operators are registered with torch.library.custom_op' in out.stderr
+    assert 'docs/installation.md#torch-21-23' in out.stderr
+
+
 def test_license_is_apache_2_with_our_copyright():
     with open(osp.join(ROOT, 'LICENSE')) as f:
         text = f.read()
