@@ -125,6 +125,7 @@ class BidirectionalMamba(nn.Module):
         # Stack the directions as channel groups: [forward; backward on the flipped sequence].
         u = torch.cat([u, u.flip(-1)], dim=1)
         z = torch.cat([z, z.flip(-1)], dim=1)
+        del xz  # copied into u and z: freed before the convolution and the scan run
         conv_w = torch.cat([self.conv1d.weight, self.conv1d_b.weight])
         conv_b = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
         if torch.is_grad_enabled() and (u.requires_grad or conv_w.requires_grad):
