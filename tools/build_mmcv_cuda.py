@@ -100,8 +100,9 @@ def torch_info():
     return {'version': torch.__version__, 'cuda': torch.version.cuda, 'requires_toolkit': toolkit}
 
 
-def version_tuple(text, n=2):
-    return tuple(int(p) for p in text.split('.')[:n])
+def version_tuple(text):
+    """'13.0.88' -> (13, 0): major and minor."""
+    return tuple(int(p) for p in text.split('.')[:2])
 
 
 def _norm(version):
@@ -514,13 +515,14 @@ def check_installed(plan):
 
 
 def build_wheel(plan):
-    """Build (or reuse) the verified wheel; returns (wheel path, seconds or None)."""
+    """Build (or reuse) the wheel and check its kernels; returns (wheel path, kernel table)."""
     wheel_dir = plan['wheel_dir']
     existing = sorted(f for f in os.listdir(wheel_dir) if f.endswith('.whl')) \
         if osp.isdir(wheel_dir) else []
     if existing:
         log(f'reusing the wheel built before: {wheel_dir}/{existing[-1]}')
-        return osp.join(wheel_dir, existing[-1]), None
+        wheel = osp.join(wheel_dir, existing[-1])
+        return wheel, verify(plan, wheel)[0]
     shutil.rmtree(wheel_dir, ignore_errors=True)
     env = dict(os.environ)
     env.update(plan['build_env'])
@@ -571,7 +573,7 @@ def build_wheel(plan):
                  osp.join(tmp_out, 'build.json'))
     shutil.rmtree(wheel_dir, ignore_errors=True)
     os.replace(tmp_out, wheel_dir)
-    return osp.join(wheel_dir, wheels[0]), seconds
+    return osp.join(wheel_dir, wheels[0]), table
 
 
 def build(plan, record=None):
@@ -585,8 +587,7 @@ def build(plan, record=None):
             raise PlanError(f"nvcc in {tk['cuda_home']} reports {found}, expected CUDA "
                             f"{tk['version']}")
         log(f"CUDA_HOME={tk['cuda_home']}: nvcc {found}")
-    wheel, seconds = build_wheel(plan)
-    table, found = verify(plan, wheel)
+    wheel, table = build_wheel(plan)
     log(f"{osp.basename(wheel)}: device code for {', '.join(table)}; "
         f"{sum(len(v) for v in table.values())} kernels")
     run(pip_cmd() + ['install', '-q', '--no-deps', '--force-reinstall', wheel])
@@ -614,7 +615,7 @@ def write_record(plan, wheel, seconds, table, found, path):
         'compiler': plan['compiler']['version'], 'patch': plan['patch'],
         'build_env': {k: v for k, v in plan['build_env'].items() if k != 'CUDA_HOME'},
         'arch_list': plan['arch_list'],
-        'build_seconds': None if seconds is None else round(seconds, 1),
+        'build_seconds': round(seconds, 1),
         'wheel': osp.basename(wheel), 'wheel_mb': round(osp.getsize(wheel) / 2**20, 1),
         'kernels_per_arch': {a: len(v) for a, v in table.items()},
         'mask_rcnn_kernels': found,

@@ -149,12 +149,9 @@ main() {
     # NVIDIA's compiler wheels (requirements-cuda.txt) or CUDA_HOME; checked, built for
     # TORCH_CUDA_ARCH_LIST, verified with cuobjdump, installed (tools/build_mmcv_cuda.py).
     if [ "$DRY_RUN" = 1 ]; then
-      if [ -x "$VPY" ] && "$VPY" -c "import torch" 2>/dev/null; then
-        "$VPY" "$ROOT/tools/build_mmcv_cuda.py" plan
-      else
-        echo "[setup] step: $VPY $ROOT/tools/build_mmcv_cuda.py build   (its plan, checked against torch's CUDA, prints once torch is installed)"
-        "$PY" "$ROOT/tools/build_mmcv_cuda.py" plan
-      fi
+      # Its plan; without an environment yet, for the pinned torch (checked when it runs).
+      echo "[setup] step: $VPY $ROOT/tools/build_mmcv_cuda.py build, with this plan:"
+      if [ -x "$VPY" ]; then "$VPY" "$ROOT/tools/build_mmcv_cuda.py" plan; else "$PY" "$ROOT/tools/build_mmcv_cuda.py" plan; fi
     elif ! "$VPY" -c "$mmcv_ok" 2>/dev/null; then
       echo "[setup] building mmcv $mmcv_version with CUDA operators (about 35 minutes on 2 cores for two architectures; the wheel is kept)"
       "$VPY" "$ROOT/tools/build_mmcv_cuda.py" build

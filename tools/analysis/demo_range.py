@@ -16,6 +16,7 @@ import json
 import os
 import os.path as osp
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -118,7 +119,6 @@ def main(argv=None):
     out = args.out or osp.join(root, 'demo_runs.json')
     det, seg = [], []
     if args.runs:
-        import shutil
         os.makedirs(root, exist_ok=True)
         for kind, script, rows, collect in (('det', 'tools/demo.sh', det, collect_det),
                                             ('seg', 'tools/demo_seg.sh', seg, collect_seg)):
